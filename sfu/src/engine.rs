@@ -1,0 +1,1176 @@
+//! The media engine: one task that owns the shared UDP socket and every peer connection.
+//!
+//! Why one task: a forwarded packet goes from the publisher's connection to each
+//! subscriber's connection and out of the socket with no lock, no channel and no task hop.
+//! The service layer talks to the engine through [`SfuHandle`] (commands in) and a
+//! per-peer channel of [`PeerEvent`]s (events out).
+//!
+//! Everything a client controls (SDP, datagrams) reaches `rtc` inside [`guarded`], so a
+//! panic on hostile input costs that one peer, never the engine.
+
+use crate::codec::VideoCodec;
+use crate::demux::Demux;
+use crate::forwarding::{DownTrack, KeyframeRequests, MediaKind};
+use crate::{SfuConfig, SfuError, SfuMetrics};
+use bytes::{Bytes, BytesMut};
+use rtc::interceptor::Registry;
+use rtc::media_stream::{MediaStreamTrack, MediaStreamTrackId};
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// A media peer's state as the service layer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    Connecting,
+    Connected,
+    Disconnected,
+    Failed,
+}
+
+/// What the engine tells the service layer about one peer.
+#[derive(Debug, Clone)]
+pub enum PeerEvent {
+    /// A renegotiation offer for the client; its answer goes to [`SfuHandle::answer`].
+    Offer(String),
+    /// The media connection changed state.
+    Connection(ConnectionState),
+    /// A message arrived on the peer's data channel.
+    Data { text: bool, data: Bytes },
+    /// The engine removed the peer (connection failed or never came up).
+    Closed { reason: &'static str },
+}
+
+/// A participant's media connection request.
+#[derive(Debug)]
+pub struct JoinRequest {
+    /// The participant id: unique on this server, and the MediaStream id of its tracks.
+    pub peer_id: String,
+    pub room: String,
+    /// Whether tracks this peer sends are forwarded (observers: no).
+    pub may_publish: bool,
+    /// The client's SDP offer.
+    pub offer: String,
+    /// Where the engine sends this peer's events.
+    pub events: mpsc::Sender<PeerEvent>,
+}
+
+enum Command {
+    Join {
+        request: JoinRequest,
+        reply: oneshot::Sender<Result<String, SfuError>>,
+    },
+    Candidate {
+        peer_id: String,
+        candidate: Option<RTCIceCandidateInit>,
+    },
+    Answer {
+        peer_id: String,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    SendData {
+        to: Vec<String>,
+        data: Bytes,
+    },
+    Leave {
+        peer_id: String,
+    },
+}
+
+/// The service layer's handle on the engine. Cheap to clone.
+#[derive(Clone)]
+pub struct SfuHandle {
+    commands: mpsc::Sender<Command>,
+    local_addr: SocketAddr,
+}
+
+impl SfuHandle {
+    /// The media port's address as advertised in candidates.
+    pub fn media_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Creates the peer, applies the client's offer and returns the SDP answer.
+    pub async fn join(&self, request: JoinRequest) -> Result<String, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Join { request, reply })
+            .await
+            .map_err(|_| SfuError::Stopped)?;
+        rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    /// A trickled client candidate (`None`: end of candidates).
+    pub async fn add_candidate(&self, peer_id: &str, candidate: Option<RTCIceCandidateInit>) {
+        let _ = self
+            .commands
+            .send(Command::Candidate {
+                peer_id: peer_id.to_owned(),
+                candidate,
+            })
+            .await;
+    }
+
+    /// The client's answer to the last [`PeerEvent::Offer`].
+    pub async fn answer(&self, peer_id: &str, sdp: String) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Answer {
+                peer_id: peer_id.to_owned(),
+                sdp,
+                reply,
+            })
+            .await
+            .map_err(|_| SfuError::Stopped)?;
+        rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    /// Sends a text message on the data channels of `to`.
+    pub async fn send_data(&self, to: Vec<String>, data: Bytes) {
+        let _ = self.commands.send(Command::SendData { to, data }).await;
+    }
+
+    /// Removes a peer and everything it published or subscribed to. Idempotent.
+    pub async fn leave(&self, peer_id: &str) {
+        let _ = self
+            .commands
+            .send(Command::Leave {
+                peer_id: peer_id.to_owned(),
+            })
+            .await;
+    }
+}
+
+/// The media engine before it runs.
+pub struct Sfu {
+    engine: Engine,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl Sfu {
+    /// Binds the media socket and prepares the engine. The DTLS certificate is made here,
+    /// once, not per peer: generating one costs milliseconds on every join.
+    pub fn bind(config: SfuConfig, metrics: SfuMetrics) -> Result<(Self, SfuHandle), SfuError> {
+        let socket = bind_udp(config.bind)?;
+        let bound = socket.local_addr()?;
+        let local_addr = SocketAddr::new(config.advertised_ip, bound.port());
+        let provider = rtc::crypto::default_provider().map_err(|e| SfuError::Rtc(e.to_string()))?;
+        let certificate = RTCCertificate::generate(
+            provider.crypto(),
+            rtc::crypto::SignatureScheme::EcdsaP256Sha256,
+            CertificateParams::new(vec!["consilium".to_owned()])
+                .map_err(|e| SfuError::Rtc(e.to_string()))?,
+        )
+        .map_err(|e| SfuError::Rtc(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(1024);
+        let engine = Engine {
+            socket,
+            local_addr,
+            config,
+            certificate,
+            metrics,
+            peers: HashMap::new(),
+            ids: HashMap::new(),
+            rooms: HashMap::new(),
+            tracks: HashMap::new(),
+            demux: Demux::default(),
+            deadlines: BTreeSet::new(),
+            dirty: Vec::new(),
+            next_key: 0,
+            scratch: Vec::new(),
+        };
+        Ok((
+            Self {
+                engine,
+                commands: rx,
+            },
+            SfuHandle {
+                commands: tx,
+                local_addr,
+            },
+        ))
+    }
+
+    /// Runs until `shutdown` turns true or every handle is dropped.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let Sfu {
+            mut engine,
+            mut commands,
+        } = self;
+        let mut buf = vec![0u8; 2048];
+        let mut housekeeping = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            let next = engine
+                .deadlines
+                .first()
+                .map(|(t, _)| *t)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { break; }
+                }
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => engine.command(cmd),
+                    None => break,
+                },
+                res = engine.socket.recv_from(&mut buf) => match res {
+                    Ok((n, from)) => {
+                        engine.datagram(from, &buf[..n]);
+                        // Drain what else is queued before going back to select.
+                        for _ in 0..64 {
+                            match engine.socket.try_recv_from(&mut buf) {
+                                Ok((n, from)) => engine.datagram(from, &buf[..n]),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // ICMP port unreachable from a vanished peer surfaces here on Linux.
+                        tracing::debug!(error = %e, "media socket receive error");
+                    }
+                },
+                _ = tokio::time::sleep_until(next.into()) => engine.timeouts(Instant::now()),
+                _ = housekeeping.tick() => engine.housekeeping(Instant::now()),
+            }
+            engine.flush();
+        }
+        engine.close_all();
+        tracing::info!("media engine stopped");
+    }
+}
+
+fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, SfuError> {
+    use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM,
+        Some(SockProtocol::UDP),
+    )?;
+    // One socket carries every peer: large buffers absorb bursts of keyframes.
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    let _ = socket.set_send_buffer_size(8 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(UdpSocket::from_std(socket.into())?)
+}
+
+type PeerKey = u64;
+type TrackKey = u64;
+
+/// One forwarded track as one subscriber receives it.
+struct Subscription {
+    sender_id: RTCRtpSenderId,
+    down: DownTrack,
+    mime: String,
+    payload_type: Option<u8>,
+}
+
+/// A track a peer publishes, and who receives it.
+struct PublishedTrack {
+    publisher: PeerKey,
+    receiver_id: RTCRtpReceiverId,
+    media_ssrc: u32,
+    kind: MediaKind,
+    codec: RTCRtpCodec,
+    subscribers: Vec<PeerKey>,
+    keyframes: KeyframeRequests,
+}
+
+struct MediaPeer {
+    id: String,
+    room: String,
+    may_publish: bool,
+    pc: RTCPeerConnection,
+    events: mpsc::Sender<PeerEvent>,
+    data_channel: Option<usize>,
+    /// Incoming tracks by the connection's track id.
+    published: HashMap<MediaStreamTrackId, TrackKey>,
+    subscriptions: HashMap<TrackKey, Subscription>,
+    /// Our sending tracks' ids, for routing a subscriber's PLI to the source.
+    sender_tracks: HashMap<MediaStreamTrackId, TrackKey>,
+    needs_offer: bool,
+    /// Subscriptions included in the offer we are waiting on an answer for.
+    offered: Option<Vec<TrackKey>>,
+    state: ConnectionState,
+    created: Instant,
+    deadline: Option<Instant>,
+    track_counter: u32,
+}
+
+impl MediaPeer {
+    fn emit(&self, event: PeerEvent) {
+        if self.events.try_send(event).is_err() {
+            tracing::warn!(peer = %self.id, "peer event channel full or closed");
+        }
+    }
+}
+
+/// Runs `f` on `rtc` with client-controlled input; a panic becomes an error.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, SfuError> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|_| {
+        tracing::error!(what, "webrtc stack panicked on client input");
+        SfuError::Rtc(format!("{what} failed"))
+    })
+}
+
+struct Engine {
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    config: SfuConfig,
+    certificate: RTCCertificate,
+    metrics: SfuMetrics,
+    peers: HashMap<PeerKey, MediaPeer>,
+    ids: HashMap<String, PeerKey>,
+    rooms: HashMap<String, Vec<PeerKey>>,
+    tracks: HashMap<TrackKey, PublishedTrack>,
+    demux: Demux<PeerKey>,
+    deadlines: BTreeSet<(Instant, PeerKey)>,
+    dirty: Vec<PeerKey>,
+    next_key: u64,
+    /// Reused per-datagram buffer of a peer's inbound messages.
+    scratch: Vec<RTCMessage>,
+}
+
+fn random_token(len: usize) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+impl Engine {
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Join { request, reply } => {
+                let result = self.join(request);
+                let _ = reply.send(result);
+            }
+            Command::Candidate { peer_id, candidate } => {
+                let Some(&key) = self.ids.get(&peer_id) else {
+                    return;
+                };
+                let Some(peer) = self.peers.get_mut(&key) else {
+                    return;
+                };
+                // ICE-lite learns the client's address from its checks; trickled candidates
+                // are still applied so a full-ICE configuration would work unchanged.
+                let candidate = candidate.unwrap_or_default();
+                match guarded("add_remote_candidate", || {
+                    peer.pc.add_remote_candidate(candidate)
+                }) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(peer = %peer_id, error = %e, "candidate refused"),
+                    Err(_) => self.remove(key, Some("webrtc failure")),
+                }
+            }
+            Command::Answer {
+                peer_id,
+                sdp,
+                reply,
+            } => {
+                let result = self.apply_answer(&peer_id, sdp);
+                let _ = reply.send(result);
+            }
+            Command::SendData { to, data } => {
+                let now = Instant::now();
+                for id in to {
+                    let Some(&key) = self.ids.get(&id) else {
+                        continue;
+                    };
+                    let Some(peer) = self.peers.get_mut(&key) else {
+                        continue;
+                    };
+                    let Some(dc_id) = peer.data_channel else {
+                        continue;
+                    };
+                    if let Some(mut dc) = peer.pc.data_channel(dc_id) {
+                        match dc.send(now, BytesMut::from(&data[..])) {
+                            Ok(()) => {
+                                self.metrics
+                                    .data_channel_messages
+                                    .with_label_values(&["out"])
+                                    .inc();
+                                self.dirty.push(key);
+                            }
+                            Err(e) => {
+                                tracing::debug!(peer = %id, error = %e, "data channel send failed")
+                            }
+                        }
+                    }
+                }
+            }
+            Command::Leave { peer_id } => {
+                if let Some(&key) = self.ids.get(&peer_id) {
+                    self.remove(key, None);
+                }
+            }
+        }
+    }
+
+    fn build_peer_connection(&self, ufrag: &str, pwd: &str) -> Result<RTCPeerConnection, SfuError> {
+        let rtc_err = |e: rtc::shared::error::Error| SfuError::Rtc(e.to_string());
+        let setting_engine = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
+            // The browser sends its ClientHello the moment ICE succeeds: no timer wait.
+            .with_answering_dtls_role(RTCDtlsRole::Server)
+            .with_ice_timeouts(
+                Some(self.config.ice_disconnected_timeout),
+                Some(self.config.ice_failed_timeout),
+                Some(Duration::from_secs(2)),
+            )
+            .build();
+        let mut media_engine = MediaEngine::default();
+        media_engine.register_default_codecs().map_err(rtc_err)?;
+        let registry =
+            register_default_interceptors(Registry::new(), &mut media_engine).map_err(rtc_err)?;
+        let configuration = RTCConfigurationBuilder::new()
+            .with_certificates(vec![self.certificate.clone()])
+            .build();
+        RTCPeerConnectionBuilder::new()
+            .with_configuration(configuration)
+            .with_setting_engine(setting_engine)
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
+            .build(Instant::now())
+            .map_err(rtc_err)
+    }
+
+    fn join(&mut self, request: JoinRequest) -> Result<String, SfuError> {
+        if self.ids.contains_key(&request.peer_id) {
+            return Err(SfuError::DuplicatePeer(request.peer_id));
+        }
+        let now = Instant::now();
+        let ufrag = random_token(16);
+        let pwd = random_token(32);
+        let mut pc = self.build_peer_connection(&ufrag, &pwd)?;
+        let offer = RTCSessionDescription::offer(request.offer)
+            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let local_addr = self.local_addr;
+        let (answer, data_channel) = guarded("answer", || -> Result<_, SfuError> {
+            let data_channel = pc
+                .create_data_channel(
+                    "consilium",
+                    Some(rtc::data_channel::RTCDataChannelInit {
+                        ordered: true,
+                        negotiated: Some(0),
+                        ..Default::default()
+                    }),
+                )
+                .map_err(|e| SfuError::Rtc(e.to_string()))?
+                .id();
+            pc.set_remote_description(now, offer)
+                .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+            let candidate = CandidateHostConfig {
+                base_config: CandidateConfig {
+                    network: "udp".to_owned(),
+                    address: local_addr.ip().to_string(),
+                    port: local_addr.port(),
+                    component: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+            .new_candidate_host()
+            .map_err(|e| SfuError::Rtc(e.to_string()))?;
+            let init = RTCIceCandidate::from(&candidate)
+                .to_json()
+                .map_err(|e| SfuError::Rtc(e.to_string()))?;
+            pc.add_local_candidate(init)
+                .map_err(|e| SfuError::Rtc(e.to_string()))?;
+            let answer = pc
+                .create_answer(None)
+                .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+            pc.set_local_description(now, answer)
+                .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+            let sdp = pc
+                .local_description()
+                .map(|d| d.sdp)
+                .ok_or_else(|| SfuError::Rtc("no local description".into()))?;
+            Ok((sdp, data_channel))
+        })??;
+
+        let key = self.next_key;
+        self.next_key += 1;
+        self.demux.add_peer(ufrag, key);
+        self.ids.insert(request.peer_id.clone(), key);
+        let room_peers = self.rooms.entry(request.room.clone()).or_default();
+        let existing: Vec<PeerKey> = room_peers.clone();
+        room_peers.push(key);
+        self.peers.insert(
+            key,
+            MediaPeer {
+                id: request.peer_id,
+                room: request.room,
+                may_publish: request.may_publish,
+                pc,
+                events: request.events,
+                data_channel: Some(data_channel),
+                published: HashMap::new(),
+                subscriptions: HashMap::new(),
+                sender_tracks: HashMap::new(),
+                needs_offer: false,
+                offered: None,
+                state: ConnectionState::Connecting,
+                created: now,
+                deadline: None,
+                track_counter: 0,
+            },
+        );
+        self.metrics.peers.inc();
+        // The new peer receives what the room already publishes.
+        let room_tracks: Vec<TrackKey> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| existing.contains(&t.publisher))
+            .map(|(k, _)| *k)
+            .collect();
+        for track in room_tracks {
+            self.subscribe(key, track);
+        }
+        self.pump(key, now);
+        Ok(answer)
+    }
+
+    fn apply_answer(&mut self, peer_id: &str, sdp: String) -> Result<(), SfuError> {
+        let key = *self
+            .ids
+            .get(peer_id)
+            .ok_or_else(|| SfuError::UnknownPeer(peer_id.to_owned()))?;
+        let now = Instant::now();
+        let peer = self
+            .peers
+            .get_mut(&key)
+            .ok_or_else(|| SfuError::UnknownPeer(peer_id.to_owned()))?;
+        let Some(offered) = peer.offered.take() else {
+            return Err(SfuError::NoOfferOutstanding);
+        };
+        let answer =
+            RTCSessionDescription::answer(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let applied = guarded("set_remote_description", || {
+            peer.pc.set_remote_description(now, answer)
+        });
+        match applied {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // Keep waiting: the client may send a corrected answer.
+                peer.offered = Some(offered);
+                return Err(SfuError::BadSdp(e.to_string()));
+            }
+            Err(e) => {
+                self.remove(key, Some("webrtc failure"));
+                return Err(e);
+            }
+        }
+        let mut keyframe_for = Vec::new();
+        for track in offered {
+            let Some(sub) = peer.subscriptions.get_mut(&track) else {
+                continue;
+            };
+            if sub.payload_type.is_none() {
+                sub.payload_type = peer.pc.rtp_sender(sub.sender_id).and_then(|mut s| {
+                    let codecs = &s.get_parameters().rtp_parameters.codecs;
+                    codecs
+                        .iter()
+                        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&sub.mime))
+                        .or(codecs.first())
+                        .map(|c| c.payload_type)
+                });
+            }
+            if sub.down.negotiated() {
+                keyframe_for.push(track);
+            }
+        }
+        for track in keyframe_for {
+            self.request_keyframe(track, now);
+        }
+        self.pump(key, now);
+        Ok(())
+    }
+
+    /// Gives `subscriber` a sending track that carries `track`.
+    fn subscribe(&mut self, subscriber: PeerKey, track: TrackKey) {
+        let Some(source) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        let Some(publisher_id) = self.peers.get(&source.publisher).map(|p| p.id.clone()) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&subscriber) else {
+            return;
+        };
+        peer.track_counter += 1;
+        let out_ssrc: u32 = rand::random();
+        let kind = match source.kind {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video(_) => RtpCodecKind::Video,
+        };
+        let track_id = format!("{publisher_id}-{}-{}", kind, peer.track_counter);
+        let local_track = MediaStreamTrack::new(
+            publisher_id.clone(),
+            track_id.clone(),
+            track_id.clone(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(out_ssrc),
+                    ..Default::default()
+                },
+                codec: source.codec.clone(),
+                ..Default::default()
+            }],
+        );
+        match peer.pc.add_track(local_track) {
+            Ok(sender_id) => {
+                peer.subscriptions.insert(
+                    track,
+                    Subscription {
+                        sender_id,
+                        down: DownTrack::new(source.kind, out_ssrc),
+                        mime: source.codec.mime_type.clone(),
+                        payload_type: None,
+                    },
+                );
+                peer.sender_tracks.insert(track_id, track);
+                peer.needs_offer = true;
+                source.subscribers.push(subscriber);
+                self.metrics.subscriptions.inc();
+            }
+            Err(e) => tracing::warn!(peer = %peer.id, error = %e, "cannot add forwarded track"),
+        }
+    }
+
+    fn request_keyframe(&mut self, track: TrackKey, now: Instant) {
+        let Some(source) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        if source.keyframes.request(now) {
+            Self::send_pli(&mut self.peers, &self.metrics, source);
+            self.dirty.push(source.publisher);
+        }
+    }
+
+    fn send_pli(
+        peers: &mut HashMap<PeerKey, MediaPeer>,
+        metrics: &SfuMetrics,
+        source: &PublishedTrack,
+    ) {
+        let Some(publisher) = peers.get_mut(&source.publisher) else {
+            return;
+        };
+        if let Some(mut receiver) = publisher.pc.rtp_receiver(source.receiver_id) {
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: source.media_ssrc,
+            };
+            if receiver
+                .write_rtcp(Instant::now(), vec![Box::new(pli)])
+                .is_ok()
+            {
+                metrics.keyframe_requests.inc();
+            }
+        }
+    }
+
+    fn datagram(&mut self, from: SocketAddr, data: &[u8]) {
+        let Some(key) = self.demux.route(from, data) else {
+            self.metrics
+                .dropped_packets
+                .with_label_values(&["unknown_source"])
+                .inc();
+            return;
+        };
+        let now = Instant::now();
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local_addr,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        match guarded("handle_read", || peer.pc.handle_read(msg)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::trace!(peer = %peer.id, error = %e, "datagram refused"),
+            Err(_) => {
+                self.remove(key, Some("webrtc failure"));
+                return;
+            }
+        }
+        self.pump(key, now);
+    }
+
+    /// Drains a peer's events and inbound messages, acting on each.
+    fn pump(&mut self, key: PeerKey, now: Instant) {
+        loop {
+            let Some(peer) = self.peers.get_mut(&key) else {
+                return;
+            };
+            let mut events = Vec::new();
+            while let Some(event) = peer.pc.poll_event() {
+                events.push(event);
+            }
+            let mut messages = std::mem::take(&mut self.scratch);
+            while let Some(msg) = peer.pc.poll_read() {
+                messages.push(msg.message);
+            }
+            if events.is_empty() && messages.is_empty() {
+                self.scratch = messages;
+                break;
+            }
+            for event in events {
+                self.peer_event(key, event, now);
+            }
+            for message in messages.drain(..) {
+                self.peer_message(key, message, now);
+            }
+            self.scratch = messages;
+        }
+        self.negotiate(key, now);
+        self.dirty.push(key);
+    }
+
+    fn peer_event(&mut self, key: PeerKey, event: RTCPeerConnectionEvent, now: Instant) {
+        match event {
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                self.publish(key, init.track_id, init.receiver_id, now);
+            }
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                let Some(peer) = self.peers.get_mut(&key) else {
+                    return;
+                };
+                let mapped = match state {
+                    RTCPeerConnectionState::Connected => ConnectionState::Connected,
+                    RTCPeerConnectionState::Disconnected => ConnectionState::Disconnected,
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        ConnectionState::Failed
+                    }
+                    _ => ConnectionState::Connecting,
+                };
+                if mapped != peer.state {
+                    peer.state = mapped;
+                    tracing::debug!(peer = %peer.id, ?mapped, "media connection state");
+                    peer.emit(PeerEvent::Connection(mapped));
+                }
+                if mapped == ConnectionState::Failed {
+                    self.remove(key, Some("media connection failed"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn publish(
+        &mut self,
+        key: PeerKey,
+        track_id: MediaStreamTrackId,
+        receiver_id: RTCRtpReceiverId,
+        now: Instant,
+    ) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if !peer.may_publish || peer.published.contains_key(&track_id) {
+            return;
+        }
+        let Some(receiver) = peer.pc.rtp_receiver(receiver_id) else {
+            return;
+        };
+        let track = receiver.track();
+        let Some(media_ssrc) = track.ssrcs().next() else {
+            return;
+        };
+        let Some(codec) = track.codec(media_ssrc).cloned() else {
+            tracing::warn!(peer = %peer.id, "track without a negotiated codec; not forwarded");
+            return;
+        };
+        let kind = match track.kind() {
+            RtpCodecKind::Audio => MediaKind::Audio,
+            _ => MediaKind::Video(VideoCodec::from_mime(&codec.mime_type)),
+        };
+        let track_key = self.next_key;
+        self.next_key += 1;
+        peer.published.insert(track_id, track_key);
+        tracing::info!(peer = %peer.id, mime = %codec.mime_type, "track published");
+        let room = peer.room.clone();
+        self.metrics
+            .tracks
+            .with_label_values(&[kind_label(kind)])
+            .inc();
+        self.tracks.insert(
+            track_key,
+            PublishedTrack {
+                publisher: key,
+                receiver_id,
+                media_ssrc,
+                kind,
+                codec,
+                subscribers: Vec::new(),
+                keyframes: KeyframeRequests::new(self.config.keyframe_request_interval),
+            },
+        );
+        let others: Vec<PeerKey> = self
+            .rooms
+            .get(&room)
+            .map(|r| r.iter().copied().filter(|k| *k != key).collect())
+            .unwrap_or_default();
+        for other in others {
+            self.subscribe(other, track_key);
+            self.negotiate(other, now);
+        }
+    }
+
+    fn peer_message(&mut self, key: PeerKey, message: RTCMessage, now: Instant) {
+        match message {
+            RTCMessage::RtpPacket(track_id, packet) => {
+                let Some(peer) = self.peers.get(&key) else {
+                    return;
+                };
+                let Some(&track_key) = peer.published.get(&track_id) else {
+                    return;
+                };
+                self.forward(track_key, packet, now);
+            }
+            RTCMessage::RtcpPacket(track_id, packets) => {
+                let Some(peer) = self.peers.get(&key) else {
+                    return;
+                };
+                // Feedback about a stream we forward to this peer.
+                let Some(&source) = peer.sender_tracks.get(&track_id) else {
+                    return;
+                };
+                for packet in packets {
+                    let any = packet.as_any();
+                    let kind = if any.is::<PictureLossIndication>() {
+                        "pli"
+                    } else if any.is::<FullIntraRequest>() {
+                        "fir"
+                    } else if any.is::<TransportLayerNack>() {
+                        // Answered from the sender's retransmission buffer by the
+                        // NACK responder interceptor.
+                        "nack"
+                    } else {
+                        continue;
+                    };
+                    self.metrics.rtcp_feedback.with_label_values(&[kind]).inc();
+                    if kind != "nack" {
+                        self.request_keyframe(source, now);
+                    }
+                }
+            }
+            RTCMessage::DataChannelMessage(_, message) => {
+                let Some(peer) = self.peers.get(&key) else {
+                    return;
+                };
+                self.metrics
+                    .data_channel_messages
+                    .with_label_values(&["in"])
+                    .inc();
+                peer.emit(PeerEvent::Data {
+                    text: message.is_string,
+                    data: message.data.freeze(),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// The per-packet path: one inbound RTP packet to every subscriber of its track.
+    fn forward(&mut self, track_key: TrackKey, packet: rtc::rtp::Packet, now: Instant) {
+        let Engine {
+            tracks,
+            peers,
+            metrics,
+            dirty,
+            ..
+        } = self;
+        let Some(source) = tracks.get(&track_key) else {
+            return;
+        };
+        let codec = match source.kind {
+            MediaKind::Video(c) => c,
+            MediaKind::Audio => VideoCodec::Other,
+        };
+        let mut is_keyframe: Option<bool> = None;
+        let payload_len = packet.payload.len() as u64;
+        for &subscriber in &source.subscribers {
+            let Some(peer) = peers.get_mut(&subscriber) else {
+                continue;
+            };
+            let Some(sub) = peer.subscriptions.get_mut(&track_key) else {
+                continue;
+            };
+            let decision = sub.down.forward(
+                packet.header.sequence_number,
+                packet.header.timestamp,
+                || *is_keyframe.get_or_insert_with(|| codec.is_keyframe_start(&packet.payload)),
+            );
+            let rewrite = match decision {
+                Ok(r) => r,
+                Err(reason) => {
+                    metrics
+                        .dropped_packets
+                        .with_label_values(&[reason.as_str()])
+                        .inc();
+                    continue;
+                }
+            };
+            let Some(pt) = sub.payload_type else {
+                continue;
+            };
+            let mut out = packet.clone();
+            out.header.ssrc = rewrite.ssrc;
+            out.header.sequence_number = rewrite.sequence_number;
+            out.header.timestamp = rewrite.timestamp;
+            out.header.payload_type = pt;
+            // Extension ids are per connection: the publisher's would mean other things
+            // (or misroute by MID) on the subscriber's.
+            out.header.extension = false;
+            out.header.extensions.clear();
+            out.header.extension_profile = 0;
+            if let Some(mut sender) = peer.pc.rtp_sender(sub.sender_id) {
+                match sender.write_rtp(now, out) {
+                    Ok(()) => {
+                        metrics.forwarded_packets.inc();
+                        metrics.forwarded_bytes.inc_by(payload_len);
+                        dirty.push(subscriber);
+                    }
+                    Err(e) => {
+                        tracing::trace!(peer = %peer.id, error = %e, "write_rtp failed");
+                        metrics
+                            .dropped_packets
+                            .with_label_values(&["write_failed"])
+                            .inc();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends an offer to a peer whose forwarded tracks changed, one at a time.
+    fn negotiate(&mut self, key: PeerKey, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if !peer.needs_offer || peer.offered.is_some() {
+            return;
+        }
+        let offer = guarded("create_offer", || -> Result<String, SfuError> {
+            let offer = peer
+                .pc
+                .create_offer(None)
+                .map_err(|e| SfuError::Rtc(e.to_string()))?;
+            let sdp = offer.sdp.clone();
+            peer.pc
+                .set_local_description(now, offer)
+                .map_err(|e| SfuError::Rtc(e.to_string()))?;
+            Ok(sdp)
+        });
+        match offer {
+            Ok(Ok(sdp)) => {
+                peer.needs_offer = false;
+                peer.offered = Some(peer.subscriptions.keys().copied().collect());
+                peer.emit(PeerEvent::Offer(sdp));
+            }
+            Ok(Err(e)) => tracing::warn!(peer = %peer.id, error = %e, "renegotiation failed"),
+            Err(_) => self.remove(key, Some("webrtc failure")),
+        }
+    }
+
+    fn timeouts(&mut self, now: Instant) {
+        while let Some(&(at, key)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if let Some(peer) = self.peers.get_mut(&key) {
+                peer.deadline = None;
+                if let Err(e) = peer.pc.handle_timeout(now) {
+                    tracing::trace!(peer = %peer.id, error = %e, "handle_timeout");
+                }
+                self.pump(key, now);
+            }
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        // Keyframe requests that were held back by the rate limit.
+        let Engine {
+            tracks,
+            peers,
+            metrics,
+            dirty,
+            ..
+        } = self;
+        for source in tracks.values_mut() {
+            if source.keyframes.poll(now) {
+                Self::send_pli(peers, metrics, source);
+                dirty.push(source.publisher);
+            }
+        }
+        // A peer that never connected (a closed tab, a blocked port) is not kept forever.
+        let stale: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.state == ConnectionState::Connecting
+                    && now.saturating_duration_since(p.created) > self.config.connect_timeout
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            self.remove(key, Some("media connection never came up"));
+        }
+    }
+
+    /// Sends what dirty peers queued and refreshes their timer deadlines.
+    fn flush(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for key in dirty.drain(..) {
+            let Some(peer) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            while let Some(out) = peer.pc.poll_write() {
+                if let Err(e) = self
+                    .socket
+                    .try_send_to(&out.message, out.transport.peer_addr)
+                {
+                    let reason = if e.kind() == std::io::ErrorKind::WouldBlock {
+                        "socket_full"
+                    } else {
+                        "send_error"
+                    };
+                    self.metrics
+                        .dropped_packets
+                        .with_label_values(&[reason])
+                        .inc();
+                }
+            }
+            let next = peer.pc.poll_timeout();
+            if next != peer.deadline {
+                if let Some(old) = peer.deadline {
+                    self.deadlines.remove(&(old, key));
+                }
+                if let Some(new) = next {
+                    self.deadlines.insert((new, key));
+                }
+                peer.deadline = next;
+            }
+        }
+        self.dirty = dirty;
+    }
+
+    /// Removes a peer; `reason` is set when the engine (not the client) decided it.
+    fn remove(&mut self, key: PeerKey, reason: Option<&'static str>) {
+        let Some(mut peer) = self.peers.remove(&key) else {
+            return;
+        };
+        self.metrics.peers.dec();
+        self.ids.remove(&peer.id);
+        self.demux.remove_peer(key);
+        if let Some(d) = peer.deadline {
+            self.deadlines.remove(&(d, key));
+        }
+        if let Some(room) = self.rooms.get_mut(&peer.room) {
+            room.retain(|k| *k != key);
+            if room.is_empty() {
+                self.rooms.remove(&peer.room);
+            }
+        }
+        // Stop receiving what it subscribed to.
+        for track in peer.subscriptions.keys() {
+            if let Some(source) = self.tracks.get_mut(track) {
+                source.subscribers.retain(|k| *k != key);
+            }
+            self.metrics.subscriptions.dec();
+        }
+        // Take what it published away from everyone else.
+        let now = Instant::now();
+        for track_key in peer.published.values() {
+            let Some(source) = self.tracks.remove(track_key) else {
+                continue;
+            };
+            self.metrics
+                .tracks
+                .with_label_values(&[kind_label(source.kind)])
+                .dec();
+            for subscriber in source.subscribers {
+                let Some(other) = self.peers.get_mut(&subscriber) else {
+                    continue;
+                };
+                if let Some(sub) = other.subscriptions.remove(track_key) {
+                    self.metrics.subscriptions.dec();
+                    other.sender_tracks.retain(|_, t| t != track_key);
+                    if let Err(e) = other.pc.remove_track(sub.sender_id) {
+                        tracing::debug!(peer = %other.id, error = %e, "remove_track");
+                    }
+                    other.needs_offer = true;
+                }
+                self.negotiate(subscriber, now);
+                self.dirty.push(subscriber);
+            }
+        }
+        // Send the DTLS close alert while we still can route it.
+        let _ = peer.pc.close();
+        while let Some(out) = peer.pc.poll_write() {
+            let _ = self
+                .socket
+                .try_send_to(&out.message, out.transport.peer_addr);
+        }
+        tracing::info!(peer = %peer.id, reason = reason.unwrap_or("left"), "media peer removed");
+        if let Some(reason) = reason {
+            peer.emit(PeerEvent::Closed { reason });
+        }
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            self.remove(key, Some("server shutting down"));
+        }
+    }
+}
+
+fn kind_label(kind: MediaKind) -> &'static str {
+    match kind {
+        MediaKind::Audio => "audio",
+        MediaKind::Video(_) => "video",
+    }
+}

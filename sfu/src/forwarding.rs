@@ -1,0 +1,309 @@
+//! Forwarding decisions, free of sockets and clocks: which packet a subscriber gets, under
+//! which SSRC and sequence number, and when to ask a publisher for a keyframe.
+//!
+//! The engine feeds these types packet headers and the current `Instant`; everything here
+//! is deterministic and unit-tested. Simulcast layer switching will live here too: a switch
+//! is a [`DownTrack::rebase`] followed by waiting for the new layer's keyframe.
+
+use crate::codec::VideoCodec;
+use std::time::{Duration, Instant};
+
+/// What a forwarded stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    Audio,
+    Video(VideoCodec),
+}
+
+/// Why a packet was not forwarded to one subscriber (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The subscriber has not yet answered the offer that carries this track.
+    NotNegotiated,
+    /// Video before the first keyframe this subscriber can decode from.
+    WaitingForKeyframe,
+    /// A late packet from before the point where this subscriber's stream started.
+    BeforeStart,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::NotNegotiated => "not_negotiated",
+            DropReason::WaitingForKeyframe => "waiting_for_keyframe",
+            DropReason::BeforeStart => "before_start",
+        }
+    }
+}
+
+/// The header fields a forwarded packet gets for one subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewrite {
+    pub ssrc: u32,
+    pub sequence_number: u16,
+    pub timestamp: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    NotNegotiated,
+    WaitingForKeyframe,
+    Forwarding,
+}
+
+/// One published track as one subscriber receives it.
+///
+/// Sequence numbers are rewritten so the subscriber sees a gap-free sequence that starts at
+/// the first packet it was given (a gap would read as loss and trigger NACKs for packets it
+/// was never meant to get). Timestamps get an offset for the same reason after a rebase.
+#[derive(Debug, Clone)]
+pub struct DownTrack {
+    kind: MediaKind,
+    out_ssrc: u32,
+    state: State,
+    seq_offset: u16,
+    ts_offset: u32,
+    first_in_seq: u16,
+    last_out_seq: u16,
+    last_out_ts: u32,
+    started: bool,
+}
+
+/// `a` comes after `b` in RTP's wrapping sequence space.
+fn seq_after(a: u16, b: u16) -> bool {
+    a != b && a.wrapping_sub(b) < 0x8000
+}
+
+impl DownTrack {
+    /// A down track that sends as `out_ssrc` and waits for negotiation.
+    pub fn new(kind: MediaKind, out_ssrc: u32) -> Self {
+        Self {
+            kind,
+            out_ssrc,
+            state: State::NotNegotiated,
+            seq_offset: 0,
+            ts_offset: 0,
+            first_in_seq: 0,
+            last_out_seq: rand::random(),
+            last_out_ts: rand::random(),
+            started: false,
+        }
+    }
+
+    pub fn kind(&self) -> MediaKind {
+        self.kind
+    }
+
+    pub fn out_ssrc(&self) -> u32 {
+        self.out_ssrc
+    }
+
+    /// The subscriber's answer arrived: start forwarding (video from the next keyframe).
+    /// Returns whether a keyframe must be requested from the publisher.
+    pub fn negotiated(&mut self) -> bool {
+        if self.state != State::NotNegotiated {
+            return false;
+        }
+        match self.kind {
+            MediaKind::Audio | MediaKind::Video(VideoCodec::Other) => {
+                self.state = State::Forwarding;
+                false
+            }
+            MediaKind::Video(_) => {
+                self.state = State::WaitingForKeyframe;
+                true
+            }
+        }
+    }
+
+    /// Whether this down track is waiting for a keyframe (so the engine inspects payloads
+    /// only when someone needs it).
+    pub fn needs_keyframe(&self) -> bool {
+        self.state == State::WaitingForKeyframe
+    }
+
+    /// The source changes (e.g. another simulcast layer): continue the subscriber's
+    /// sequence and timestamps where they stopped, from the new source's next keyframe.
+    pub fn rebase(&mut self) {
+        self.started = false;
+        if self.state == State::Forwarding && matches!(self.kind, MediaKind::Video(_)) {
+            self.state = State::WaitingForKeyframe;
+        }
+    }
+
+    /// Decides one packet. `keyframe` says whether it starts a keyframe; only consulted
+    /// while waiting for one.
+    pub fn forward(
+        &mut self,
+        sequence_number: u16,
+        timestamp: u32,
+        keyframe: impl FnOnce() -> bool,
+    ) -> Result<Rewrite, DropReason> {
+        match self.state {
+            State::NotNegotiated => return Err(DropReason::NotNegotiated),
+            State::WaitingForKeyframe => {
+                if !keyframe() {
+                    return Err(DropReason::WaitingForKeyframe);
+                }
+                self.state = State::Forwarding;
+            }
+            State::Forwarding => {}
+        }
+        if !self.started {
+            self.started = true;
+            self.first_in_seq = sequence_number;
+            let out_seq = self.last_out_seq.wrapping_add(1);
+            self.seq_offset = sequence_number.wrapping_sub(out_seq);
+            // The new source's clock continues ours one tick later: the decoder sees a
+            // short frame, not a jump back in time.
+            let out_ts = self.last_out_ts.wrapping_add(1);
+            self.ts_offset = timestamp.wrapping_sub(out_ts);
+        } else if seq_after(self.first_in_seq, sequence_number) {
+            return Err(DropReason::BeforeStart);
+        }
+        let rewrite = Rewrite {
+            ssrc: self.out_ssrc,
+            sequence_number: sequence_number.wrapping_sub(self.seq_offset),
+            timestamp: timestamp.wrapping_sub(self.ts_offset),
+        };
+        if seq_after(rewrite.sequence_number, self.last_out_seq) || !self.started {
+            self.last_out_seq = rewrite.sequence_number;
+            self.last_out_ts = rewrite.timestamp;
+        }
+        Ok(rewrite)
+    }
+}
+
+/// Rate-limits keyframe requests (PLI) to one publisher's video track: subscribers' PLIs
+/// and new subscriptions collapse into at most one request per interval, and a request
+/// that arrives too early is kept and sent when the interval has passed.
+#[derive(Debug, Clone)]
+pub struct KeyframeRequests {
+    min_interval: Duration,
+    last_sent: Option<Instant>,
+    pending: bool,
+}
+
+impl KeyframeRequests {
+    pub fn new(min_interval: Duration) -> Self {
+        Self {
+            min_interval,
+            last_sent: None,
+            pending: false,
+        }
+    }
+
+    /// Someone needs a keyframe. Returns true if a PLI is to be sent now.
+    pub fn request(&mut self, now: Instant) -> bool {
+        self.pending = true;
+        self.poll(now)
+    }
+
+    /// Returns true if a held-back request is due now.
+    pub fn poll(&mut self, now: Instant) -> bool {
+        if !self.pending {
+            return false;
+        }
+        let due = self
+            .last_sent
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.min_interval);
+        if due {
+            self.pending = false;
+            self.last_sent = Some(now);
+        }
+        due
+    }
+
+    /// When a held-back request becomes due, if one is pending.
+    pub fn deadline(&self) -> Option<Instant> {
+        if !self.pending {
+            return None;
+        }
+        Some(
+            self.last_sent
+                .map_or_else(Instant::now, |t| t + self.min_interval),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_before_negotiation() {
+        let mut d = DownTrack::new(MediaKind::Audio, 42);
+        assert_eq!(d.forward(1, 1, || true), Err(DropReason::NotNegotiated));
+        assert!(!d.negotiated());
+        assert!(d.forward(2, 960, || true).is_ok());
+    }
+
+    #[test]
+    fn audio_sequence_is_gap_free_from_first_packet() {
+        let mut d = DownTrack::new(MediaKind::Audio, 7);
+        d.negotiated();
+        let a = d.forward(65534, 1000, || false).unwrap();
+        let b = d.forward(65535, 1960, || false).unwrap();
+        let c = d.forward(0, 2920, || false).unwrap();
+        assert_eq!(a.ssrc, 7);
+        assert_eq!(b.sequence_number, a.sequence_number.wrapping_add(1));
+        assert_eq!(c.sequence_number, a.sequence_number.wrapping_add(2));
+        assert_eq!(c.timestamp.wrapping_sub(a.timestamp), 1920);
+        // A late packet from before the start is not forwarded.
+        assert_eq!(d.forward(65533, 40, || false), Err(DropReason::BeforeStart));
+        // A reordered packet inside the stream is, with its own rewritten number.
+        let e = d.forward(2, 4840, || false).unwrap();
+        let f = d.forward(1, 3880, || false).unwrap();
+        assert_eq!(f.sequence_number, a.sequence_number.wrapping_add(3));
+        assert_eq!(e.sequence_number, a.sequence_number.wrapping_add(4));
+    }
+
+    #[test]
+    fn video_waits_for_keyframe_then_starts_contiguous() {
+        let mut d = DownTrack::new(MediaKind::Video(VideoCodec::Vp8), 9);
+        assert!(d.negotiated(), "a new video subscriber needs a keyframe");
+        assert!(d.needs_keyframe());
+        assert_eq!(
+            d.forward(100, 0, || false),
+            Err(DropReason::WaitingForKeyframe)
+        );
+        let k = d.forward(101, 3000, || true).unwrap();
+        let n = d
+            .forward(102, 3000, || panic!("not consulted once forwarding"))
+            .unwrap();
+        assert_eq!(n.sequence_number, k.sequence_number.wrapping_add(1));
+        assert!(!d.needs_keyframe());
+    }
+
+    #[test]
+    fn rebase_continues_the_subscribers_sequence() {
+        let mut d = DownTrack::new(MediaKind::Video(VideoCodec::Vp8), 9);
+        d.negotiated();
+        let a = d.forward(10, 90_000, || true).unwrap();
+        let b = d.forward(11, 93_000, || false).unwrap();
+        d.rebase();
+        assert!(d.needs_keyframe());
+        assert_eq!(
+            d.forward(5000, 1, || false),
+            Err(DropReason::WaitingForKeyframe)
+        );
+        let c = d.forward(5001, 7, || true).unwrap();
+        assert_eq!(a.sequence_number.wrapping_add(1), b.sequence_number);
+        assert_eq!(c.sequence_number, b.sequence_number.wrapping_add(1));
+        assert_eq!(c.timestamp, b.timestamp.wrapping_add(1));
+    }
+
+    #[test]
+    fn keyframe_requests_are_rate_limited_but_not_lost() {
+        let t0 = Instant::now();
+        let mut k = KeyframeRequests::new(Duration::from_millis(500));
+        assert!(k.request(t0));
+        assert!(!k.request(t0 + Duration::from_millis(100)));
+        assert!(!k.request(t0 + Duration::from_millis(200)));
+        assert_eq!(k.deadline(), Some(t0 + Duration::from_millis(500)));
+        assert!(!k.poll(t0 + Duration::from_millis(499)));
+        assert!(k.poll(t0 + Duration::from_millis(500)));
+        assert!(!k.poll(t0 + Duration::from_millis(2000)), "only one");
+        assert_eq!(k.deadline(), None);
+    }
+}

@@ -1,0 +1,49 @@
+//! HTTP routes: the web client, health, metrics and the signaling WebSocket.
+
+use crate::{AppState, session};
+use axum::Router;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use std::path::Path;
+use tower_http::services::ServeDir;
+
+/// Largest WebSocket message the transport buffers. The protocol's own limit (64 KiB) is
+/// checked in the session so that it can answer with close code 1009.
+const WS_TRANSPORT_LIMIT: usize = 1 << 20;
+
+pub fn router(state: AppState, web_root: &Path) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/ws", get(websocket))
+        .fallback_service(ServeDir::new(web_root).append_index_html_on_directories(true))
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!(
+            r#"{{"status":"ok","version":"{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        ),
+    )
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let (rooms, participants) = state.rooms.counts();
+    state.metrics.rooms.set(rooms as i64);
+    state.metrics.participants.set(participants as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn websocket(ws: WebSocketUpgrade, State(state): State<AppState>) -> impl IntoResponse {
+    ws.max_message_size(WS_TRANSPORT_LIMIT)
+        .max_frame_size(WS_TRANSPORT_LIMIT)
+        .on_upgrade(move |socket| session::run(socket, state))
+}

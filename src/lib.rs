@@ -1,0 +1,107 @@
+//! The `consilium` server: configuration, HTTP, and the wiring of the service layer
+//! (`consilium-signaling`) to the media layer (`consilium-sfu`).
+//!
+//! [`start`] runs a whole server in-process; `main.rs` and the integration tests both use it.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod session;
+
+use anyhow::Context;
+use consilium_sfu::{Sfu, SfuConfig, SfuHandle};
+use consilium_signaling::{RoomRegistry, TokenAuthority};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::Config;
+pub use metrics::Metrics;
+
+/// What every request handler and session shares: one struct, cloned cheaply.
+#[derive(Clone)]
+pub struct AppState {
+    pub rooms: Arc<RoomRegistry>,
+    pub sfu: SfuHandle,
+    pub auth: Option<TokenAuthority>,
+    pub metrics: Metrics,
+    /// Turns true once when the server shuts down; every session watches it.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A running server.
+pub struct Server {
+    pub http_addr: SocketAddr,
+    pub media_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    http_task: JoinHandle<()>,
+    media_task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Asks everything to stop and waits for it.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.http_task.await;
+        let _ = self.media_task.await;
+    }
+
+    /// A sender that triggers shutdown (signal handlers hold one).
+    pub fn shutdown_sender(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the server stops (after a shutdown request).
+    pub async fn wait(self) {
+        let _ = self.http_task.await;
+        let _ = self.media_task.await;
+    }
+}
+
+/// Binds the HTTP listener and the media socket and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    let metrics = Metrics::new().context("registering metrics")?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (sfu, sfu_handle) = Sfu::bind(
+        SfuConfig::new(config.media_bind, config.advertised_ip),
+        metrics.sfu.clone(),
+    )
+    .with_context(|| format!("binding the media socket {}", config.media_bind))?;
+    let media_addr = sfu_handle.media_addr();
+    let media_task = tokio::spawn(sfu.run(shutdown_rx.clone()));
+
+    let state = AppState {
+        rooms: Arc::new(RoomRegistry::new(config.room_cap)),
+        sfu: sfu_handle,
+        auth: config
+            .jwt_secret
+            .as_deref()
+            .map(|s| TokenAuthority::new(s.as_bytes())),
+        metrics,
+        shutdown: shutdown_rx.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("binding {}", config.http))?;
+    let http_addr = listener.local_addr()?;
+    let app = http::router(state, &config.web_root);
+    let mut http_shutdown = shutdown_rx;
+    let http_task = tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    Ok(Server {
+        http_addr,
+        media_addr,
+        shutdown: shutdown_tx,
+        http_task,
+        media_task,
+    })
+}

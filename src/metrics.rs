@@ -1,0 +1,69 @@
+//! The server's Prometheus registry: service-layer metrics here, media metrics from the
+//! SFU, process CPU/memory/fds from the `process` collector.
+
+use consilium_sfu::SfuMetrics;
+use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+/// All metrics of one server.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub rooms: IntGauge,
+    pub participants: IntGauge,
+    pub websockets: IntGauge,
+    pub signaling_messages: IntCounterVec,
+    pub signaling_errors: IntCounterVec,
+    pub sfu: SfuMetrics,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let rooms = IntGauge::new("consilium_rooms", "Rooms with at least one participant")?;
+        let participants = IntGauge::new("consilium_participants", "Participants in rooms")?;
+        let websockets = IntGauge::new("consilium_websockets", "Open signaling WebSockets")?;
+        let signaling_messages = IntCounterVec::new(
+            Opts::new(
+                "consilium_signaling_messages_total",
+                "Signaling messages received, by type",
+            ),
+            &["type"],
+        )?;
+        let signaling_errors = IntCounterVec::new(
+            Opts::new(
+                "consilium_signaling_errors_total",
+                "Error messages sent to clients, by code",
+            ),
+            &["code"],
+        )?;
+        registry.register(Box::new(rooms.clone()))?;
+        registry.register(Box::new(participants.clone()))?;
+        registry.register(Box::new(websockets.clone()))?;
+        registry.register(Box::new(signaling_messages.clone()))?;
+        registry.register(Box::new(signaling_errors.clone()))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let sfu = SfuMetrics::register(&registry)?;
+        Ok(Self {
+            registry,
+            rooms,
+            participants,
+            websockets,
+            signaling_messages,
+            signaling_errors,
+            sfu,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,410 @@
+//! One participant's signaling session: a WebSocket from open to close.
+//!
+//! The session is where the service layer meets the media layer: it admits the participant
+//! to a room, asks the SFU for a media peer, relays renegotiation, room events and data
+//! channel messages, and on any exit (leave, close, network loss, media failure, server
+//! shutdown) removes the participant from both.
+
+use crate::AppState;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use consilium_sfu::{ConnectionState, IceCandidateInit, JoinRequest, PeerEvent, SfuError};
+use consilium_signaling::protocol::{IceCandidate, MAX_FRAME_BYTES, MediaConnectionState};
+use consilium_signaling::{
+    ClientMessage, PROTOCOL_VERSION, ParticipantId, Role, ServerMessage, SignalingError, validate,
+};
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// A client that sends nothing (not even a pong) for this long is gone.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+/// How often the server pings, so that a silent but live client answers.
+const PING_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Close code for a message over the size limit (RFC 6455).
+const CLOSE_TOO_BIG: u16 = 1009;
+
+struct Joined {
+    room: String,
+    id: ParticipantId,
+}
+
+enum Flow {
+    Continue,
+    Close(u16, &'static str),
+}
+
+pub async fn run(socket: WebSocket, state: AppState) {
+    state.metrics.websockets.inc();
+    let (mut sink, mut stream) = socket.split();
+    let (outbox_tx, mut outbox) = mpsc::channel::<ServerMessage>(256);
+    let (peer_tx, mut peer_events) = mpsc::channel::<PeerEvent>(256);
+    let mut session = Session {
+        state: state.clone(),
+        joined: None,
+        outbox_tx,
+        peer_tx,
+    };
+    let mut shutdown = state.shutdown.clone();
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.reset();
+    let mut last_heard = Instant::now();
+
+    let close = loop {
+        let flow = tokio::select! {
+            frame = stream.next() => {
+                last_heard = Instant::now();
+                match frame {
+                    Some(Ok(Message::Text(text))) => session.text(&text).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        session.refuse(&SignalingError::BadMessage("binary frames are not used; send JSON text".into()));
+                        Flow::Continue
+                    }
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Ok(_)) => Flow::Continue, // ping/pong
+                    Some(Err(e)) => {
+                        tracing::info!(error = %e, "signaling socket error");
+                        // Over the transport limit: tell the client why, if it still listens.
+                        break Some((CLOSE_TOO_BIG, "message too big"));
+                    }
+                }
+            }
+            Some(msg) = outbox.recv() => {
+                if sink.send(Message::Text(msg.to_json().into())).await.is_err() {
+                    break None;
+                }
+                Flow::Continue
+            }
+            Some(event) = peer_events.recv() => session.peer_event(event).await,
+            _ = ping.tick() => {
+                if last_heard.elapsed() > IDLE_TIMEOUT {
+                    tracing::info!("signaling client silent; closing");
+                    break Some((1001, "idle timeout"));
+                }
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    break None;
+                }
+                Flow::Continue
+            }
+            _ = stopped(&mut shutdown) => break Some((1001, "server shutting down")),
+        };
+        if let Flow::Close(code, reason) = flow {
+            break Some((code, reason));
+        }
+    };
+
+    // Whatever is still queued for the client (an error, a goodbye) goes out first.
+    while let Ok(msg) = outbox.try_recv() {
+        if sink
+            .send(Message::Text(msg.to_json().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    if let Some((code, reason)) = close {
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            })))
+            .await;
+    }
+    session.leave().await;
+    state.metrics.websockets.dec();
+}
+
+struct Session {
+    state: AppState,
+    joined: Option<Joined>,
+    outbox_tx: mpsc::Sender<ServerMessage>,
+    peer_tx: mpsc::Sender<PeerEvent>,
+}
+
+impl Session {
+    fn send(&self, msg: ServerMessage) {
+        if self.outbox_tx.try_send(msg).is_err() {
+            tracing::warn!("client outbox full; message dropped");
+        }
+    }
+
+    fn refuse(&self, err: &SignalingError) {
+        let code = serde_json::to_value(err.code())
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        self.state
+            .metrics
+            .signaling_errors
+            .with_label_values(&[&code])
+            .inc();
+        tracing::info!(%code, error = %err, "refused client request");
+        self.send(ServerMessage::error(err));
+    }
+
+    async fn text(&mut self, text: &str) -> Flow {
+        if text.len() > MAX_FRAME_BYTES {
+            tracing::info!(bytes = text.len(), "signaling message over the limit");
+            return Flow::Close(CLOSE_TOO_BIG, "message too big");
+        }
+        let msg = match ClientMessage::parse(text) {
+            Ok(msg) => msg,
+            Err(e) => {
+                self.refuse(&e);
+                return Flow::Continue;
+            }
+        };
+        self.state
+            .metrics
+            .signaling_messages
+            .with_label_values(&[message_type(&msg)])
+            .inc();
+        match self.handle(msg).await {
+            Ok(flow) => flow,
+            Err(e) => {
+                self.refuse(&e);
+                if e.is_fatal() {
+                    Flow::Close(1002, "unsupported protocol version")
+                } else {
+                    Flow::Continue
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, msg: ClientMessage) -> Result<Flow, SignalingError> {
+        match msg {
+            ClientMessage::Ping => {
+                self.send(ServerMessage::Pong);
+                Ok(Flow::Continue)
+            }
+            ClientMessage::Join {
+                v,
+                room,
+                name,
+                token,
+                offer,
+            } => {
+                self.join(v, room, name, token, offer).await?;
+                Ok(Flow::Continue)
+            }
+            ClientMessage::Candidate { candidate } => {
+                let joined = self.joined.as_ref().ok_or(SignalingError::NotJoined)?;
+                let init = candidate.map(to_rtc_candidate);
+                self.state.sfu.add_candidate(joined.id.as_str(), init).await;
+                Ok(Flow::Continue)
+            }
+            ClientMessage::Answer { sdp } => {
+                let joined = self.joined.as_ref().ok_or(SignalingError::NotJoined)?;
+                self.state
+                    .sfu
+                    .answer(joined.id.as_str(), sdp)
+                    .await
+                    .map_err(|e| match e {
+                        SfuError::BadSdp(m) => SignalingError::BadSdp(m),
+                        SfuError::NoOfferOutstanding => {
+                            SignalingError::BadMessage("no offer is waiting for an answer".into())
+                        }
+                        other => {
+                            tracing::error!(error = %other, "applying answer failed");
+                            SignalingError::Internal
+                        }
+                    })?;
+                Ok(Flow::Continue)
+            }
+            ClientMessage::MediaState {
+                audio_muted,
+                video_muted,
+            } => {
+                let joined = self.joined.as_ref().ok_or(SignalingError::NotJoined)?;
+                self.state.rooms.set_media_state(
+                    &joined.room,
+                    &joined.id,
+                    audio_muted,
+                    video_muted,
+                );
+                Ok(Flow::Continue)
+            }
+            ClientMessage::Leave => {
+                if self.joined.is_none() {
+                    return Err(SignalingError::NotJoined);
+                }
+                self.leave().await;
+                Ok(Flow::Close(1000, "left"))
+            }
+        }
+    }
+
+    async fn join(
+        &mut self,
+        v: u32,
+        room: String,
+        name: String,
+        token: Option<String>,
+        offer: String,
+    ) -> Result<(), SignalingError> {
+        if self.joined.is_some() {
+            return Err(SignalingError::AlreadyJoined);
+        }
+        if v != PROTOCOL_VERSION {
+            return Err(SignalingError::UnsupportedVersion(v));
+        }
+        validate::room_name(&room)?;
+        let name = validate::display_name(&name)?;
+        let role: Option<Role> = match &self.state.auth {
+            Some(auth) => {
+                let token = token.ok_or_else(|| {
+                    SignalingError::Unauthorized("this server needs an invitation token".into())
+                })?;
+                Some(auth.verify(&token, &room, &name)?.role)
+            }
+            None => None,
+        };
+        let admission = self
+            .state
+            .rooms
+            .admit(&room, &name, role, self.outbox_tx.clone())?;
+        let request = JoinRequest {
+            peer_id: admission.id.to_string(),
+            room: room.clone(),
+            may_publish: admission.role.may_publish(),
+            offer,
+            events: self.peer_tx.clone(),
+        };
+        let answer = match self.state.sfu.join(request).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.state.rooms.leave(&room, &admission.id);
+                return Err(match e {
+                    SfuError::BadSdp(m) => SignalingError::BadSdp(m),
+                    other => {
+                        tracing::error!(error = %other, "media join failed");
+                        SignalingError::Internal
+                    }
+                });
+            }
+        };
+        tracing::info!(%room, participant = %admission.id, role = admission.role.as_str(), "joined");
+        self.send(ServerMessage::Joined {
+            v: PROTOCOL_VERSION,
+            participant_id: admission.id.clone(),
+            room: room.clone(),
+            role: admission.role,
+            answer,
+            participants: admission.others,
+        });
+        // The server's only candidate is in the answer.
+        self.send(ServerMessage::Candidate { candidate: None });
+        self.state.rooms.announce(&room, &admission.id);
+        self.joined = Some(Joined {
+            room,
+            id: admission.id,
+        });
+        Ok(())
+    }
+
+    async fn peer_event(&mut self, event: PeerEvent) -> Flow {
+        let Some(joined) = &self.joined else {
+            return Flow::Continue;
+        };
+        match event {
+            PeerEvent::Offer(sdp) => self.send(ServerMessage::Offer { sdp }),
+            PeerEvent::Connection(state) => self.send(ServerMessage::MediaConnection {
+                state: match state {
+                    ConnectionState::Connecting => MediaConnectionState::Connecting,
+                    ConnectionState::Connected => MediaConnectionState::Connected,
+                    ConnectionState::Disconnected => MediaConnectionState::Disconnected,
+                    ConnectionState::Failed => MediaConnectionState::Failed,
+                },
+            }),
+            PeerEvent::Data { text, data } => {
+                let (room, id) = (joined.room.clone(), joined.id.clone());
+                self.relay_data(&room, &id, text, data).await;
+            }
+            PeerEvent::Closed { reason } => {
+                tracing::info!(participant = %joined.id, reason, "media peer closed by the server");
+                self.send(ServerMessage::MediaConnection {
+                    state: MediaConnectionState::Failed,
+                });
+                self.leave().await;
+                return Flow::Close(1011, "media connection lost");
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Relays a data channel message to the rest of the room, stamped with its sender.
+    async fn relay_data(&self, room: &str, from: &ParticipantId, text: bool, data: Bytes) {
+        let parsed = if text {
+            serde_json::from_slice::<serde_json::Value>(&data)
+                .ok()
+                .filter(|v| v.is_object())
+        } else {
+            None
+        };
+        let Some(msg) = parsed else {
+            let error = serde_json::json!({"error": {
+                "code": "bad_message",
+                "message": "data channel messages are JSON objects in text frames"
+            }});
+            self.state
+                .sfu
+                .send_data(vec![from.to_string()], Bytes::from(error.to_string()))
+                .await;
+            return;
+        };
+        let envelope = serde_json::json!({"from": from, "msg": msg});
+        let others: Vec<String> = self
+            .state
+            .rooms
+            .others(room, from)
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect();
+        if !others.is_empty() {
+            self.state
+                .sfu
+                .send_data(others, Bytes::from(envelope.to_string()))
+                .await;
+        }
+    }
+
+    /// Leaves the room and the SFU. Idempotent.
+    async fn leave(&mut self) {
+        if let Some(joined) = self.joined.take() {
+            self.state.rooms.leave(&joined.room, &joined.id);
+            self.state.sfu.leave(joined.id.as_str()).await;
+            tracing::info!(room = %joined.room, participant = %joined.id, "left");
+        }
+    }
+}
+
+async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        // The sender is gone: the server is going away too.
+    }
+}
+
+fn to_rtc_candidate(c: IceCandidate) -> IceCandidateInit {
+    IceCandidateInit {
+        candidate: c.candidate,
+        sdp_mid: c.sdp_mid,
+        sdp_mline_index: c.sdp_m_line_index,
+        username_fragment: c.username_fragment,
+        ..Default::default()
+    }
+}
+
+fn message_type(msg: &ClientMessage) -> &'static str {
+    match msg {
+        ClientMessage::Join { .. } => "join",
+        ClientMessage::Candidate { .. } => "candidate",
+        ClientMessage::Answer { .. } => "answer",
+        ClientMessage::MediaState { .. } => "media_state",
+        ClientMessage::Leave => "leave",
+        ClientMessage::Ping => "ping",
+    }
+}

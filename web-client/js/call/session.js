@@ -1,0 +1,632 @@
+// Session: one participant's call. Owns the signaling socket, the single RTCPeerConnection
+// (own audio/video as sendonly transceivers, everyone else's forwarded tracks added by the
+// server through renegotiation, and the negotiated "consilium" data channel), the list of
+// other participants and, per participant, a MediaStream of their live remote tracks.
+//
+// Protocol: docs/protocol.md. The client makes exactly one offer (inside `join`); after
+// `joined` it only answers the server's offers.
+//
+// Events (via .on): state, participants, remote-media, local-media, joined, error,
+// media-error, data, ended.
+
+import { Emitter, Signaling, signalingUrl } from './signaling.js';
+import { mark, timings } from './timings.js';
+
+/** Delays before each automatic rejoin after the connection was lost. */
+const RETRY_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
+const PING_INTERVAL_MS = 15_000;
+/**
+ * No frame at all from the server for this long (despite pings) = connection dead.
+ * Generous: background tabs may run timers only once a minute.
+ */
+const SILENCE_LIMIT_MS = 75_000;
+const FIRST_AUDIO_POLL_MS = 100;
+const FIRST_AUDIO_POLL_LIMIT_MS = 60_000;
+
+const VIDEO_CONSTRAINTS = {
+  width: { ideal: 1280 },
+  height: { ideal: 720 },
+  frameRate: { ideal: 30 },
+};
+
+/** States shown by the connection indicator. */
+export const STATES = ['idle', 'connecting', 'connected', 'reconnecting', 'failed', 'left'];
+
+export class Session extends Emitter {
+  /**
+   * @param {{room: string, name: string, token?: string|null, url?: string}} opts
+   */
+  constructor({ room, name, token = null, url = signalingUrl() }) {
+    super();
+    this.room = room;
+    this.name = name;
+    this.token = token || null;
+    this.url = url;
+
+    /** Other participants in the room: id → participant object from the server. */
+    this.participants = new Map();
+    /** Participant id → MediaStream holding that participant's live remote tracks. */
+    this.remoteStreams = new Map();
+
+    /** @type {MediaStream | null} */
+    this.localStream = null;
+    this.audioMuted = false;
+    this.videoMuted = false;
+
+    /** @type {RTCPeerConnection | null} */
+    this.pc = null;
+    /** @type {Signaling | null} */
+    this.signaling = null;
+    /** @type {RTCDataChannel | null} */
+    this.dataChannel = null;
+
+    this.participantId = null;
+    this.role = null;
+    this.joined = false;
+    this.state = 'idle';
+    /** Last `error` from the server, {code, message}. */
+    this.lastError = null;
+    /** The server's view of our media connection (`media_connection`). */
+    this.serverMediaState = null;
+    this.timings = timings;
+
+    this._gen = 0; // bumped per connection attempt; stale callbacks compare and bail out
+    this._started = false;
+    this._ended = null; // 'left' | 'failed' once the session is over
+    this._reconnecting = false;
+    this._retry = 0;
+    this._retryTimer = null;
+    this._pingTimer = null;
+    this._lastServerFrameAt = 0;
+    this._queue = Promise.resolve();
+    this._pendingLocalCandidates = [];
+    this._pendingRemoteCandidates = [];
+    this._midOwner = new Map(); // transceiver mid → participant id (from track events)
+    this._reconcileTimer = null;
+    this._mediaPromise = null;
+  }
+
+  /** Starts the call: WebSocket and camera/microphone are opened in parallel. */
+  async start() {
+    if (this._started) return;
+    this._started = true;
+    this._update();
+    this._mediaPromise = this._acquireMedia();
+    await this._connect();
+  }
+
+  /** Leaves the room on purpose. */
+  leave() {
+    if (this._ended) return;
+    this.signaling?.leave();
+    this._teardownAttempt();
+    this._finish('left');
+  }
+
+  setAudioMuted(muted) {
+    this.audioMuted = !!muted;
+    for (const t of this.localStream?.getAudioTracks() ?? []) t.enabled = !this.audioMuted;
+    this._sendMediaState();
+    this.emit('local-media');
+  }
+
+  setVideoMuted(muted) {
+    this.videoMuted = !!muted;
+    for (const t of this.localStream?.getVideoTracks() ?? []) t.enabled = !this.videoMuted;
+    this._sendMediaState();
+    this.emit('local-media');
+  }
+
+  /** Sends a JSON object on the data channel; the server relays it to the room. */
+  sendData(obj) {
+    if (this.dataChannel?.readyState !== 'open') return false;
+    this.dataChannel.send(JSON.stringify(obj));
+    return true;
+  }
+
+  // ---------------------------------------------------------------- connection attempts
+
+  async _connect() {
+    const gen = ++this._gen;
+    this.joined = false;
+    const sig = new Signaling(this.url);
+    this.signaling = sig;
+    this._bindSignaling(sig, gen);
+    const wsOpen = sig.open().then(() => mark('wsOpen'));
+    wsOpen.catch(() => {}); // awaited below; the close handler also reports it
+    this._update();
+
+    let offerSdp;
+    try {
+      const stream = await this._mediaPromise;
+      if (gen !== this._gen) return;
+      offerSdp = await this._createPeerConnection(stream, gen);
+      if (gen !== this._gen) return;
+      await wsOpen;
+    } catch (err) {
+      console.warn('[consilium] connection attempt failed', err);
+      this._connectionLost(gen);
+      return;
+    }
+    if (gen !== this._gen) return;
+    sig.join({ room: this.room, name: this.name, token: this.token, offer: offerSdp });
+    mark('joinSent');
+    this._startPing(gen);
+    this._update();
+  }
+
+  async _createPeerConnection(stream, gen) {
+    const pc = new RTCPeerConnection();
+    this.pc = pc;
+    for (const track of stream.getTracks()) {
+      pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    }
+    const dc = pc.createDataChannel('consilium', { negotiated: true, id: 0, ordered: true });
+    this.dataChannel = dc;
+    dc.addEventListener('message', (ev) => {
+      if (gen !== this._gen) return;
+      try {
+        this.emit('data', JSON.parse(ev.data));
+      } catch {
+        console.warn('[consilium] non-JSON data channel message', ev.data);
+      }
+    });
+
+    pc.addEventListener('icecandidate', (ev) => {
+      if (gen !== this._gen) return;
+      // null (or an empty candidate string) = end of candidates.
+      const c = ev.candidate && ev.candidate.candidate ? ev.candidate : null;
+      if (!c && this._sentEndOfCandidates) return;
+      if (!c) this._sentEndOfCandidates = true;
+      if (this.joined) this.signaling?.candidate(c);
+      else this._pendingLocalCandidates.push(c);
+    });
+    this._sentEndOfCandidates = false;
+
+    pc.addEventListener('track', (ev) => {
+      if (gen !== this._gen) return;
+      this._onTrack(ev);
+    });
+    pc.addEventListener('iceconnectionstatechange', () => {
+      if (gen !== this._gen) return;
+      const s = pc.iceConnectionState;
+      if (s === 'connected' || s === 'completed') mark('iceConnected');
+      if (pc.connectionState === undefined) this._onPcState(gen, iceToConnectionState(s));
+      this._update();
+    });
+    pc.addEventListener('connectionstatechange', () => {
+      if (gen !== this._gen) return;
+      this._onPcState(gen, pc.connectionState);
+    });
+
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    return pc.localDescription.sdp;
+  }
+
+  _onPcState(gen, s) {
+    if (s === 'connected') {
+      mark('pcConnected');
+      this._retry = 0;
+      this._reconnecting = false;
+    } else if (s === 'failed') {
+      // The server only offers ICE restarts implicitly by a new join: start over.
+      this._connectionLost(gen);
+      return;
+    }
+    this._update();
+  }
+
+  _bindSignaling(sig, gen) {
+    const on = (type, fn) =>
+      sig.on(type, (msg) => {
+        if (gen === this._gen) fn(msg);
+      });
+    on('message', () => {
+      this._lastServerFrameAt = performance.now();
+    });
+    on('joined', (msg) => {
+      mark('joined');
+      this._enqueue(gen, () => this._onJoined(msg));
+    });
+    on('offer', (msg) => this._enqueue(gen, () => this._onOffer(msg)));
+    on('candidate', (msg) => this._enqueue(gen, () => this._onRemoteCandidate(msg.candidate)));
+    on('participant_joined', (msg) => this._putParticipant(msg.participant));
+    on('participant_updated', (msg) => this._putParticipant(msg.participant));
+    on('participant_left', (msg) => {
+      if (this.participants.delete(msg.participant_id)) this.emit('participants');
+    });
+    on('media_connection', (msg) => {
+      this.serverMediaState = msg.state;
+    });
+    on('error', (msg) => this._onServerError(msg));
+    on('close', (ev) => {
+      if (ev.byUs) return;
+      console.warn(`[consilium] signaling closed (${ev.code} ${ev.reason || ''})`);
+      this._connectionLost(gen);
+    });
+  }
+
+  _enqueue(gen, fn) {
+    this._queue = this._queue
+      .then(() => (gen === this._gen ? fn() : undefined))
+      .catch((err) => {
+        console.error('[consilium] signaling step failed', err);
+        this.emit('error', { code: 'client', message: String(err?.message ?? err) });
+      });
+  }
+
+  async _onJoined(msg) {
+    const pc = this.pc;
+    this.participantId = msg.participant_id;
+    this.role = msg.role ?? null;
+    this.participants.clear();
+    for (const p of msg.participants ?? []) {
+      if (p && p.id && p.id !== this.participantId) this.participants.set(p.id, p);
+    }
+    this.emit('participants');
+
+    try {
+      await pc.setRemoteDescription({ type: 'answer', sdp: msg.answer });
+    } catch (err) {
+      // Retrying would get the same answer: give up with a clear message.
+      console.error('[consilium] cannot apply the server answer', err);
+      const e = { code: 'bad_sdp', message: `The browser rejected the server's answer: ${err?.message ?? err}` };
+      this.emit('error', e);
+      this.signaling?.leave();
+      this._teardownAttempt();
+      this._finish('failed', e);
+      return;
+    }
+    this.joined = true;
+    for (const c of this._pendingRemoteCandidates.splice(0)) await this._addRemoteCandidate(c);
+    for (const c of this._pendingLocalCandidates.splice(0)) this.signaling?.candidate(c);
+    if (this.audioMuted || this.videoMuted) this._sendMediaState();
+    this.emit('joined', msg);
+    this._update();
+  }
+
+  async _onOffer(msg) {
+    const pc = this.pc;
+    const gen = this._gen;
+    try {
+      await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+      const answer = await pc.createAnswer();
+      await pc.setLocalDescription(answer);
+    } catch (err) {
+      // The protocol has no way to refuse an offer and the server waits for our answer:
+      // start over with a fresh join rather than stay half-negotiated.
+      console.error('[consilium] cannot answer the server offer, rejoining', err);
+      this._connectionLost(gen);
+      return;
+    }
+    this.signaling?.answer(pc.localDescription.sdp);
+    for (const c of this._pendingRemoteCandidates.splice(0)) await this._addRemoteCandidate(c);
+    this._reconcileRemoteMedia();
+  }
+
+  async _onRemoteCandidate(c) {
+    // The server's candidates are already in its SDP and it ends with `null`. We do not
+    // signal end-of-candidates to the browser: older Safari rejects it and it gains nothing.
+    if (!c || !c.candidate) return;
+    if (!this.pc?.remoteDescription) this._pendingRemoteCandidates.push(c);
+    else await this._addRemoteCandidate(c);
+  }
+
+  async _addRemoteCandidate(c) {
+    try {
+      await this.pc.addIceCandidate(c);
+    } catch (err) {
+      console.warn('[consilium] addIceCandidate failed', c, err);
+    }
+  }
+
+  _onServerError(msg) {
+    const err = { code: msg.code ?? 'unknown', message: msg.message ?? 'The server refused the request.' };
+    this.lastError = err;
+    console.warn('[consilium] server error', err);
+    this.emit('error', err);
+    // Before `joined` an error means the join was refused (bad room, token, room full...):
+    // retrying automatically would get the same answer, so the session ends here.
+    if (!this.joined) {
+      this._teardownAttempt();
+      this._finish('failed', err);
+    }
+  }
+
+  _connectionLost(gen) {
+    if (gen !== this._gen || this._ended) return;
+    this._teardownAttempt();
+    if (this._retry >= RETRY_DELAYS_MS.length) {
+      this._finish('failed', {
+        code: 'connection_lost',
+        message: 'The connection to the consultation server was lost.',
+      });
+      return;
+    }
+    const delay = RETRY_DELAYS_MS[this._retry++];
+    this._reconnecting = true;
+    this._update();
+    this._retryTimer = setTimeout(() => {
+      this._retryTimer = null;
+      if (!this._ended) this._connect();
+    }, delay);
+  }
+
+  /** Drops the current socket and PeerConnection (local media is kept for a rejoin). */
+  _teardownAttempt() {
+    this._gen++;
+    clearInterval(this._pingTimer);
+    this._pingTimer = null;
+    clearTimeout(this._reconcileTimer);
+    this.signaling?.close();
+    this.signaling = null;
+    try {
+      this.dataChannel?.close();
+      this.pc?.close();
+    } catch {
+      /* already closed */
+    }
+    this.dataChannel = null;
+    this.pc = null;
+    this.joined = false;
+    this.participantId = null;
+    this._queue = Promise.resolve();
+    this._pendingLocalCandidates = [];
+    this._pendingRemoteCandidates = [];
+    this._midOwner.clear();
+    if (this.participants.size) {
+      this.participants.clear();
+      this.emit('participants');
+    }
+    if (this.remoteStreams.size) {
+      this.remoteStreams.clear();
+      this.emit('remote-media');
+    }
+  }
+
+  _finish(state, error = null) {
+    if (this._ended) return;
+    clearTimeout(this._retryTimer);
+    this._ended = state;
+    this._reconnecting = false;
+    for (const t of this.localStream?.getTracks() ?? []) t.stop();
+    this._update();
+    this.emit('ended', { state, error });
+  }
+
+  _startPing(gen) {
+    clearInterval(this._pingTimer);
+    this._lastServerFrameAt = performance.now();
+    this._pingTimer = setInterval(() => {
+      if (gen !== this._gen) return;
+      if (performance.now() - this._lastServerFrameAt > SILENCE_LIMIT_MS) {
+        console.warn('[consilium] signaling silent, reconnecting');
+        this._connectionLost(gen);
+        return;
+      }
+      this.signaling?.ping();
+    }, PING_INTERVAL_MS);
+  }
+
+  _sendMediaState() {
+    if (!this.joined) return; // sent right after `joined` if needed
+    this.signaling?.mediaState({ audioMuted: this.audioMuted, videoMuted: this.videoMuted });
+  }
+
+  _putParticipant(p) {
+    if (!p || !p.id || p.id === this.participantId) return;
+    this.participants.set(p.id, p);
+    this.emit('participants');
+  }
+
+  // ---------------------------------------------------------------- state
+
+  _computeState() {
+    if (this._ended) return this._ended;
+    if (!this._started) return 'idle';
+    if (this._reconnecting) return 'reconnecting';
+    const pc = this.pc;
+    const pcState = pc ? pc.connectionState ?? iceToConnectionState(pc.iceConnectionState) : 'new';
+    if (this.joined && this.signaling?.isOpen) {
+      if (pcState === 'connected') return 'connected';
+      if (pcState === 'disconnected') return 'reconnecting';
+    }
+    return 'connecting';
+  }
+
+  _update() {
+    const s = this._computeState();
+    if (s === this.state) return;
+    this.state = s;
+    this.emit('state', s);
+  }
+
+  // ---------------------------------------------------------------- local media
+
+  async _acquireMedia() {
+    const md = navigator.mediaDevices;
+    let stream = null;
+    let lastErr = null;
+    if (!md?.getUserMedia) {
+      lastErr = new Error(
+        window.isSecureContext
+          ? 'This browser cannot access a camera or microphone.'
+          : 'Camera and microphone need a secure (HTTPS) connection.',
+      );
+    } else {
+      // Full audio+video first; fall back to whatever works so a participant without a
+      // camera (or with a busy one) can still take part.
+      for (const c of [
+        { audio: true, video: VIDEO_CONSTRAINTS },
+        { audio: true, video: false },
+        { audio: false, video: VIDEO_CONSTRAINTS },
+      ]) {
+        try {
+          stream = await md.getUserMedia(c);
+          break;
+        } catch (err) {
+          lastErr = err;
+          if (err?.name === 'NotAllowedError' || err?.name === 'SecurityError') break;
+        }
+      }
+    }
+    mark('mediaReady');
+    if (!stream) {
+      stream = new MediaStream(); // receive-only participation
+      this.emit('media-error', {
+        message: `Joining without camera and microphone: ${lastErr?.message || lastErr?.name || 'unavailable'}`,
+      });
+    } else if (!stream.getVideoTracks().length || !stream.getAudioTracks().length) {
+      this.emit('media-error', {
+        message: stream.getVideoTracks().length
+          ? 'No microphone available: others will not hear you.'
+          : 'No camera available: joining with audio only.',
+      });
+    }
+    if (this._ended) {
+      for (const t of stream.getTracks()) t.stop();
+    }
+    for (const t of stream.getAudioTracks()) t.enabled = !this.audioMuted;
+    for (const t of stream.getVideoTracks()) t.enabled = !this.videoMuted;
+    this.localStream = stream;
+    this.emit('local-media');
+    return stream;
+  }
+
+  // ---------------------------------------------------------------- remote media
+
+  _onTrack(ev) {
+    const stream = ev.streams[0];
+    const pid = stream?.id;
+    const mid = ev.transceiver?.mid;
+    if (!pid) {
+      console.warn('[consilium] remote track without a stream id (msid), ignored', ev.track);
+      return;
+    }
+    if (mid) this._midOwner.set(mid, pid);
+    const track = ev.track;
+    track.addEventListener('ended', () => this._scheduleReconcile());
+    stream.addEventListener('removetrack', () => this._scheduleReconcile());
+    if (track.kind === 'audio') this._watchFirstAudio(track);
+    if (this._attachTrack(pid, track)) this.emit('remote-media');
+  }
+
+  /** Puts track into pid's stream (taking it out of any other). Returns true if changed. */
+  _attachTrack(pid, track) {
+    let changed = false;
+    for (const [other, s] of this.remoteStreams) {
+      if (other !== pid && s.getTracks().includes(track)) {
+        s.removeTrack(track);
+        if (!s.getTracks().length) this.remoteStreams.delete(other);
+        changed = true;
+      }
+    }
+    let s = this.remoteStreams.get(pid);
+    if (!s) {
+      s = new MediaStream();
+      this.remoteStreams.set(pid, s);
+    }
+    if (!s.getTracks().includes(track)) {
+      s.addTrack(track);
+      changed = true;
+    }
+    return changed;
+  }
+
+  _scheduleReconcile() {
+    clearTimeout(this._reconcileTimer);
+    this._reconcileTimer = setTimeout(() => this._reconcileRemoteMedia(), 0);
+  }
+
+  /**
+   * After each completed negotiation, rebuilds participant → tracks from the transceivers
+   * that actually receive, using the msid of each m-section. Handles removed tracks
+   * (inactive/stopped transceivers) and transceivers the server reused for someone else.
+   */
+  _reconcileRemoteMedia() {
+    const pc = this.pc;
+    if (!pc || pc.signalingState !== 'stable' || !pc.remoteDescription) return;
+    const msidByMid = parseMsidByMid(pc.remoteDescription.sdp);
+    const desired = new Map();
+    for (const t of pc.getTransceivers()) {
+      if (!t.mid || t.stopped || t.currentDirection === 'stopped') continue;
+      if (t.currentDirection !== 'recvonly' && t.currentDirection !== 'sendrecv') continue;
+      const track = t.receiver.track;
+      if (!track || track.readyState === 'ended') continue;
+      const pid = msidByMid.get(t.mid) ?? this._midOwner.get(t.mid);
+      if (!pid) continue;
+      if (!desired.has(pid)) desired.set(pid, []);
+      desired.get(pid).push(track);
+    }
+    let changed = false;
+    for (const [pid, s] of this.remoteStreams) {
+      const want = desired.get(pid) ?? [];
+      for (const track of s.getTracks()) {
+        if (!want.includes(track)) {
+          s.removeTrack(track);
+          changed = true;
+        }
+      }
+      if (!s.getTracks().length) {
+        this.remoteStreams.delete(pid);
+        changed = true;
+      }
+    }
+    for (const [pid, tracks] of desired) {
+      for (const track of tracks) if (this._attachTrack(pid, track)) changed = true;
+    }
+    if (changed) this.emit('remote-media');
+  }
+
+  /** Records the first remote audio: track unmute, or packets seen in the stats. */
+  _watchFirstAudio(track) {
+    if ('firstRemoteAudio' in timings) return;
+    track.addEventListener('unmute', () => mark('firstRemoteAudio'), { once: true });
+    if (this._audioPoll) return;
+    const gen = this._gen;
+    const started = performance.now();
+    this._audioPoll = setInterval(async () => {
+      const pc = this.pc;
+      const stop = () => {
+        clearInterval(this._audioPoll);
+        this._audioPoll = null;
+      };
+      if ('firstRemoteAudio' in timings || gen !== this._gen || !pc) return stop();
+      if (performance.now() - started > FIRST_AUDIO_POLL_LIMIT_MS) return stop();
+      try {
+        const stats = await pc.getStats();
+        stats.forEach((r) => {
+          if (r.type === 'inbound-rtp' && r.kind === 'audio' && r.packetsReceived > 0) {
+            mark('firstRemoteAudio');
+          }
+        });
+      } catch {
+        /* pc closed meanwhile */
+      }
+    }, FIRST_AUDIO_POLL_MS);
+  }
+}
+
+function iceToConnectionState(ice) {
+  switch (ice) {
+    case 'checking':
+      return 'connecting';
+    case 'connected':
+    case 'completed':
+      return 'connected';
+    default:
+      return ice; // new, disconnected, failed, closed
+  }
+}
+
+/** Maps each m-section's mid to its MediaStream id (a=msid, else a=ssrc … msid:). */
+export function parseMsidByMid(sdp) {
+  const map = new Map();
+  for (const section of sdp.split(/\r?\n(?=m=)/).slice(1)) {
+    const mid = /^a=mid:(\S+)/m.exec(section)?.[1];
+    const msid = /^a=msid:(\S+)/m.exec(section)?.[1] ?? /^a=ssrc:\d+ msid:(\S+)/m.exec(section)?.[1];
+    if (mid && msid && msid !== '-') map.set(mid, msid);
+  }
+  return map;
+}

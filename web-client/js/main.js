@@ -1,0 +1,197 @@
+// Page flow: a join form at `/`; a deep link `/?room=R&name=N[&token=JWT]` joins at once.
+
+import { Session } from './call/session.js';
+import { TileGrid, SelfView } from './call/tiles.js';
+import { Controls } from './call/controls.js';
+import { ConnectionIndicator } from './call/indicator.js';
+import { timings } from './call/timings.js';
+
+const $ = (sel) => document.querySelector(sel);
+
+const ERROR_TITLES = {
+  bad_room: 'Invalid room name.',
+  bad_name: 'Invalid display name.',
+  unauthorized: 'Access denied.',
+  token_expired: 'This invitation has expired.',
+  forbidden: 'This invitation is for another room or person.',
+  room_full: 'The consultation room is full.',
+  unsupported_version: 'This page is out of date: please reload it.',
+  connection_lost: 'Connection lost.',
+  bad_sdp: 'Media negotiation failed.',
+  internal: 'Server error.',
+};
+
+const indicator = new ConnectionIndicator($('#connection-state'));
+
+/** @type {{session: Session|null, tiles: TileGrid|null, self: SelfView|null, controls: Controls|null}} */
+const current = { session: null, tiles: null, self: null, controls: null };
+
+window.consilium = {
+  get session() {
+    return current.session;
+  },
+  get pc() {
+    return current.session?.pc ?? null;
+  },
+  get participants() {
+    return current.session?.participants ?? new Map();
+  },
+  get state() {
+    return current.session?.state ?? 'idle';
+  },
+  timings,
+};
+
+// ------------------------------------------------------------------ banners
+
+function showError({ code, message }) {
+  const el = $('#error');
+  el.dataset.code = code ?? '';
+  el.querySelector('.banner-title').textContent = ERROR_TITLES[code] ?? 'Error.';
+  el.querySelector('.banner-message').textContent = message ?? '';
+  el.hidden = false;
+}
+
+function clearError() {
+  const el = $('#error');
+  el.hidden = true;
+  delete el.dataset.code;
+}
+
+function showNotice(message, action = null) {
+  const el = $('#notice');
+  el.querySelector('.banner-message').textContent = message;
+  const btn = el.querySelector('.banner-action');
+  btn.hidden = !action;
+  if (action) {
+    btn.textContent = action.label;
+    btn.onclick = () => {
+      action.run();
+      el.hidden = true;
+    };
+  }
+  el.hidden = false;
+}
+
+for (const btn of document.querySelectorAll('.banner-close')) {
+  btn.addEventListener('click', () => {
+    btn.closest('.banner').hidden = true;
+  });
+}
+
+// ------------------------------------------------------------------ views
+
+function showJoinView(lede) {
+  $('#call-view').hidden = true;
+  $('#room-info').hidden = true;
+  $('#join-view').hidden = false;
+  if (lede) $('#join-lede').textContent = lede;
+  $('#join-btn').disabled = false;
+}
+
+function showCallView(room) {
+  $('#join-view').hidden = true;
+  $('#call-view').hidden = false;
+  $('#room-name').textContent = room;
+  $('#room-info').hidden = false;
+}
+
+function updateRoomCount() {
+  const s = current.session;
+  const n = s && s.joined ? s.participants.size + 1 : 0;
+  $('#room-count').textContent = n ? `· ${n} ${n === 1 ? 'participant' : 'participants'}` : '';
+}
+
+// ------------------------------------------------------------------ call
+
+function disposeCall() {
+  current.tiles?.destroy();
+  current.self?.destroy();
+  current.controls?.destroy();
+  current.tiles = current.self = current.controls = null;
+}
+
+function startCall({ room, name, token }) {
+  disposeCall();
+  clearError();
+  $('#notice').hidden = true;
+
+  const params = new URLSearchParams({ room, name });
+  if (token) params.set('token', token);
+  history.replaceState(null, '', `${location.pathname}?${params}`);
+
+  const session = new Session({ room, name, token });
+  current.session = session;
+  indicator.follow(session);
+  showCallView(room);
+
+  const tiles = new TileGrid($('#tiles'), session);
+  current.tiles = tiles;
+  current.self = new SelfView($('#self-view'), session);
+  current.controls = new Controls($('#controls'), session);
+
+  const waiting = $('#waiting');
+  tiles.on('count', (n) => {
+    waiting.hidden = n > 0;
+  });
+  waiting.hidden = tiles.tiles.size > 0;
+  tiles.on('sound-blocked', () =>
+    showNotice('Your browser blocked sound from the other participants.', {
+      label: 'Enable sound',
+      run: () => tiles.enableSound(),
+    }),
+  );
+
+  session.on('participants', updateRoomCount);
+  session.on('joined', updateRoomCount);
+  session.on('error', (err) => showError(err));
+  session.on('media-error', ({ message }) => showNotice(message));
+  session.on('ended', ({ state, error }) => {
+    updateRoomCount();
+    if (current.session !== session) return;
+    disposeCall();
+    if (error) showError(error);
+    $('#room').value = room;
+    $('#name').value = name;
+    showJoinView(
+      state === 'left'
+        ? 'You left the consultation. You can join again below.'
+        : 'Could not join the consultation. Check the details below and try again.',
+    );
+  });
+
+  session.start().catch((err) => {
+    console.error('[consilium] could not start the call', err);
+    showError({ code: 'internal', message: String(err?.message ?? err) });
+  });
+}
+
+// Best effort: tell the server right away when the page goes away.
+window.addEventListener('pagehide', () => current.session?.leave());
+
+// ------------------------------------------------------------------ entry
+
+const params = new URLSearchParams(location.search);
+const room = params.get('room') ?? '';
+const name = params.get('name') ?? '';
+const token = params.get('token') ?? '';
+
+$('#room').value = room;
+$('#name').value = name;
+$('#token').value = token;
+
+$('#join-form').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const r = $('#room').value.trim();
+  const n = $('#name').value.trim();
+  if (!r || !n) return;
+  $('#join-btn').disabled = true;
+  startCall({ room: r, name: n, token: $('#token').value || null });
+});
+
+if (room && name) {
+  startCall({ room, name, token: token || null });
+} else {
+  showJoinView();
+  ($('#room').value ? $('#name') : $('#room')).focus();
+}

@@ -1,0 +1,176 @@
+// Browser end-to-end tests of the web client against the real Consilium server.
+// Server: CONSILIUM_URL, or CONSILIUM_BIN (default ../target/debug/consilium) started here.
+// Run from web-client/: npm test
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startServer,
+  launchBrowser,
+  openPage,
+  closePage,
+  waitFor,
+  uniqueRoom,
+  callUrl,
+  remoteMediaInfo,
+  pageLogs,
+} from './helpers.mjs';
+
+let server;
+let browser;
+
+before(async () => {
+  server = await startServer();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  await server?.stop();
+});
+
+/** Adds the pages' console output (and server output) to a failure. */
+async function withLogs(pages, fn) {
+  try {
+    return await fn();
+  } catch (err) {
+    err.message += `\n${pageLogs(...pages)}`;
+    const logs = server?.logs?.();
+    if (logs) err.message += `\n--- server output (tail) ---\n${logs.slice(-3000)}`;
+    throw err;
+  }
+}
+
+/** Waits until `page` shows exactly one remote tile, for `otherName`, with moving video and audio. */
+async function expectLiveRemote(page, otherName) {
+  let last;
+  const first = await waitFor(
+    async () => {
+      const info = await remoteMediaInfo(page);
+      last = info;
+      const [tile] = info.tiles;
+      const ok =
+        info.tiles.length === 1 &&
+        tile.name === otherName &&
+        tile.width > 0 &&
+        info.audioPacketsReceived > 0;
+      return ok ? info : false;
+    },
+    {
+      timeout: 20_000,
+      message: `exactly one live video tile for ${otherName} with audio packets`,
+      detail: () => JSON.stringify(last),
+    },
+  );
+  const [tile] = first.tiles;
+  assert.equal(tile.videoTracks, 1, `${otherName}'s tile should hold one video track`);
+  assert.equal(tile.audioTracks, 1, `${otherName}'s tile should hold one audio track`);
+  assert.ok(
+    await page.evaluate((id) => window.consilium.participants.has(id), tile.id),
+    'the tile belongs to a known participant',
+  );
+  await waitFor(
+    async () => {
+      const info = await remoteMediaInfo(page);
+      last = info;
+      return (
+        info.framesDecoded > first.framesDecoded ||
+        (info.tiles[0]?.totalVideoFrames ?? 0) > tile.totalVideoFrames
+      );
+    },
+    {
+      timeout: 10_000,
+      message: `${otherName}'s video frames to keep being decoded`,
+      detail: () => JSON.stringify(last),
+    },
+  );
+}
+
+test('two participants see and hear each other; leaving removes the tile', { timeout: 120_000 }, async (t) => {
+  const room = uniqueRoom();
+  const alice = await openPage(browser, callUrl(server.url, { room, name: 'Alice' }));
+  const bob = await openPage(browser, callUrl(server.url, { room, name: 'Bob' }));
+  try {
+    await t.test('each sees the other’s live video and receives audio', () =>
+      withLogs([alice, bob], async () => {
+        await Promise.all([expectLiveRemote(alice, 'Bob'), expectLiveRemote(bob, 'Alice')]);
+        const timings = await alice.evaluate(() => ({ ...window.consilium.timings }));
+        for (const k of ['wsOpen', 'joined', 'iceConnected', 'firstRemoteVideoFrame']) {
+          assert.equal(typeof timings[k], 'number', `timing ${k} recorded: ${JSON.stringify(timings)}`);
+        }
+        await alice.waitForSelector('#connection-state[data-state="connected"]', { timeout: 10_000 });
+        t.diagnostic(`Alice timings (ms since navigation start): ${JSON.stringify(timings)}`);
+      }),
+    );
+
+    await t.test('muting the microphone is shown on the other side', () =>
+      withLogs([alice, bob], async () => {
+        await alice.locator('#mic-btn').click();
+        await bob.waitForSelector('figure.tile[data-audio-muted="true"]', { timeout: 5_000 });
+        await alice.locator('#mic-btn').click();
+        await bob.waitForSelector('figure.tile[data-audio-muted="false"]', { timeout: 5_000 });
+      }),
+    );
+
+    await t.test('when Bob leaves, Alice loses his tile', () =>
+      withLogs([alice, bob], async () => {
+        await alice.waitForSelector('video[data-participant="Bob"]', { timeout: 20_000 });
+        await bob.getByRole('button', { name: 'Leave' }).click();
+        await waitFor(async () => (await alice.locator('video[data-participant]').count()) === 0, {
+          timeout: 5_000,
+          interval: 100,
+          message: 'Bob’s tile to disappear from Alice’s page',
+        });
+        assert.equal(await bob.evaluate(() => window.consilium.state), 'left');
+      }),
+    );
+  } finally {
+    await closePage(alice);
+    await closePage(bob);
+  }
+});
+
+test('the join form joins a room', { timeout: 60_000 }, async () => {
+  const page = await openPage(browser, `${server.url}/`);
+  try {
+    await withLogs([page], async () => {
+      await page.getByLabel('Room', { exact: true }).fill(uniqueRoom('form'));
+      await page.getByLabel('Your name').fill('Carol');
+      await page.getByRole('button', { name: 'Join', exact: true }).click();
+      await page.waitForSelector('#connection-state[data-state="connected"]', { timeout: 20_000 });
+      assert.deepEqual(page.pageErrors, []);
+    });
+  } finally {
+    await closePage(page);
+  }
+});
+
+test('a bad room name shows the server’s error and the page keeps working', { timeout: 60_000 }, async () => {
+  const page = await openPage(browser, callUrl(server.url, { room: 'bad room!', name: 'Dave' }));
+  try {
+    await withLogs([page], async () => {
+      const banner = page.locator('#error');
+      await banner.waitFor({ state: 'visible', timeout: 20_000 });
+      const serverError = await waitFor(() => page.wsReceived.find((m) => m.type === 'error'), {
+        timeout: 5_000,
+        message: 'the server’s error message',
+      });
+      assert.equal(serverError.code, 'bad_room');
+      assert.equal(await banner.getAttribute('data-code'), 'bad_room');
+      assert.ok(
+        (await banner.textContent()).includes(serverError.message),
+        `banner shows the server's message "${serverError.message}"`,
+      );
+      assert.equal(await page.evaluate(() => window.consilium.state), 'failed');
+      assert.deepEqual(page.pageErrors, []);
+
+      // Still usable: fix the room in the form and join.
+      await page.getByLabel('Room', { exact: true }).fill(uniqueRoom('fixed'));
+      await page.getByRole('button', { name: 'Join', exact: true }).click();
+      await page.waitForSelector('#connection-state[data-state="connected"]', { timeout: 20_000 });
+      assert.ok(await banner.isHidden(), 'the old error is cleared after a successful join');
+    });
+  } finally {
+    await closePage(page);
+  }
+});
