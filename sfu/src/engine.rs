@@ -35,7 +35,9 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::rtp_transceiver::{
+    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
+};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::collections::{BTreeSet, HashMap};
@@ -650,7 +652,18 @@ impl Engine {
                 ..Default::default()
             }],
         );
-        match peer.pc.add_track(local_track) {
+        // Always a new sendonly transceiver: `add_track` would reuse the client's own
+        // (sendonly) audio/video transceivers, which must keep carrying its uplink only.
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Sendonly,
+            streams: vec![publisher_id.clone()],
+            send_encodings: vec![],
+        };
+        match peer
+            .pc
+            .add_transceiver_from_track(local_track, Some(init))
+            .map(RTCRtpSenderId::from)
+        {
             Ok(sender_id) => {
                 peer.subscriptions.insert(
                     track,
