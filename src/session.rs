@@ -58,6 +58,10 @@ pub async fn run(socket: WebSocket, state: AppState) {
                 last_heard = Instant::now();
                 match frame {
                     Some(Ok(Message::Text(text))) => session.text(&text).await,
+                    Some(Ok(Message::Binary(data))) if data.len() > MAX_FRAME_BYTES => {
+                        tracing::info!(bytes = data.len(), "signaling message over the limit");
+                        Flow::Close(CLOSE_TOO_BIG, "message too big")
+                    }
                     Some(Ok(Message::Binary(_))) => {
                         session.refuse(&SignalingError::BadMessage("binary frames are not used; send JSON text".into()));
                         Flow::Continue

@@ -1,1 +1,12 @@
+//! Synthetic Consilium participants for tests and benchmarks.
+//!
+//! A [`participant::Participant`] is a real WebRTC peer on its own UDP socket that joins
+//! through the normal signaling, publishes, subscribes and measures: the integration tests
+//! use it to prove the media path end to end, the `loadtest` binary to measure connect
+//! time and capacity.
 
+pub mod media;
+pub mod participant;
+pub mod stats;
+
+pub use participant::{Event, Kind, Participant, ParticipantConfig};

@@ -836,10 +836,10 @@ impl Engine {
             RtpCodecKind::Audio => MediaKind::Audio,
             _ => MediaKind::Video(VideoCodec::from_mime(&codec.mime_type)),
         };
+        tracing::info!(peer = %peer.id, mime = %codec.mime_type, media_ssrc, ssrcs = ?track.ssrcs().collect::<Vec<_>>(), "track published");
         let track_key = self.next_key;
         self.next_key += 1;
         peer.published.insert(track_id, track_key);
-        tracing::info!(peer = %peer.id, mime = %codec.mime_type, "track published");
         let room = peer.room.clone();
         self.metrics
             .tracks

@@ -1,0 +1,707 @@
+//! A synthetic participant: a real WebRTC peer (the `rtc` stack on its own UDP socket)
+//! that joins through the normal signaling, publishes audio and video, subscribes to
+//! everyone else, and records what it receives and when.
+
+use crate::media::{MediaSource, SyntheticAudio, SyntheticVideo, read_send_time};
+use anyhow::{Context, anyhow, bail};
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use rtc::interceptor::Registry;
+use rtc::media_stream::{MediaStreamTrack, MediaStreamTrackId};
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+};
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{
+    RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How to join.
+#[derive(Debug, Clone)]
+pub struct ParticipantConfig {
+    /// Signaling URL, e.g. `ws://127.0.0.1:8080/ws`.
+    pub ws_url: String,
+    pub room: String,
+    pub name: String,
+    pub token: Option<String>,
+    pub publish_audio: bool,
+    pub publish_video: bool,
+    /// Local address for the media socket (loopback in tests).
+    pub bind_ip: IpAddr,
+}
+
+impl ParticipantConfig {
+    /// Publishes audio and video, binds loopback.
+    pub fn new(ws_url: &str, room: &str, name: &str) -> Self {
+        Self {
+            ws_url: ws_url.to_owned(),
+            room: room.to_owned(),
+            name: name.to_owned(),
+            token: None,
+            publish_audio: true,
+            publish_video: true,
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+        }
+    }
+}
+
+/// Media kinds as the participant reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Audio,
+    Video,
+}
+
+/// Something that happened to the participant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    ParticipantJoined { id: String, name: String },
+    ParticipantLeft { id: String },
+    MediaConnected,
+    /// The first RTP packet of a remote participant's track arrived.
+    FirstRemoteRtp { publisher: String, kind: Kind },
+    /// A data channel message relayed by the server.
+    Data(Value),
+    /// A signaling `error` message.
+    Error { code: String, message: String },
+    /// The signaling socket closed.
+    Closed,
+}
+
+/// What one remote stream delivered.
+#[derive(Debug, Clone, Default)]
+pub struct ReceivedStream {
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_at: Option<Instant>,
+    /// One-way latencies (ms) measured from send-time trailers, when present.
+    pub latencies_ms: Vec<f64>,
+    pub highest_seq: Option<u16>,
+}
+
+/// Moments of one join, for connect-time measurement.
+#[derive(Debug, Clone, Default)]
+pub struct JoinTimings {
+    pub started: Option<Instant>,
+    pub ws_open: Option<Instant>,
+    pub joined: Option<Instant>,
+    pub media_connected: Option<Instant>,
+    pub first_remote_rtp: Option<Instant>,
+}
+
+/// Everything the participant has measured so far.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub received: HashMap<(String, Kind), ReceivedStream>,
+    pub sent_packets: u64,
+    pub plis_received: u64,
+    pub timings: JoinTimings,
+}
+
+enum Command {
+    SendData(String),
+    Leave,
+}
+
+/// A joined synthetic participant. Dropping it leaves the room.
+pub struct Participant {
+    pub id: String,
+    /// The participants already in the room when this one joined (id, name).
+    pub others: Vec<(String, String)>,
+    events: mpsc::UnboundedReceiver<Event>,
+    commands: mpsc::UnboundedSender<Command>,
+    stats: Arc<Mutex<Stats>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<
+    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+>;
+
+impl Participant {
+    /// Connects, joins and starts the media loop. Fails on a signaling `error`.
+    pub async fn join(config: ParticipantConfig) -> anyhow::Result<Participant> {
+        let started = Instant::now();
+        let (mut ws, _) = tokio_tungstenite::connect_async(&config.ws_url)
+            .await
+            .with_context(|| format!("connecting to {}", config.ws_url))?;
+        let ws_open = Instant::now();
+        let socket = UdpSocket::bind(SocketAddr::new(config.bind_ip, 0)).await?;
+        let local_addr = socket.local_addr()?;
+        let mut peer = ClientPeer::new(&config, local_addr)?;
+        let offer = peer.offer()?;
+        let join = json!({
+            "type": "join", "v": 1, "room": config.room, "name": config.name,
+            "token": config.token, "offer": offer,
+        });
+        ws.send(Message::Text(join.to_string().into())).await?;
+        let joined = loop {
+            let msg = next_json(&mut ws).await?;
+            match msg["type"].as_str() {
+                Some("joined") => break msg,
+                Some("error") => bail!(
+                    "join refused: {} ({})",
+                    msg["code"].as_str().unwrap_or(""),
+                    msg["message"].as_str().unwrap_or("")
+                ),
+                _ => continue,
+            }
+        };
+        let joined_at = Instant::now();
+        let id = joined["participant_id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("joined without participant_id"))?
+            .to_owned();
+        let answer = joined["answer"]
+            .as_str()
+            .ok_or_else(|| anyhow!("joined without answer"))?
+            .to_owned();
+        peer.apply_answer(answer)?;
+        // Trickle our one candidate, as a browser would.
+        ws.send(Message::Text(
+            json!({"type": "candidate", "candidate": peer.local_candidate.clone()})
+                .to_string()
+                .into(),
+        ))
+        .await?;
+        let others = joined["participants"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| {
+                        Some((p["id"].as_str()?.to_owned(), p["name"].as_str()?.to_owned()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let stats = Arc::new(Mutex::new(Stats {
+            timings: JoinTimings {
+                started: Some(started),
+                ws_open: Some(ws_open),
+                joined: Some(joined_at),
+                ..Default::default()
+            },
+            ..Default::default()
+        }));
+        let (event_tx, events) = mpsc::unbounded_channel();
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(
+            Loop {
+                ws,
+                socket,
+                local_addr,
+                peer,
+                events: event_tx,
+                stats: stats.clone(),
+            }
+            .run(command_rx),
+        );
+        Ok(Participant {
+            id,
+            others,
+            events,
+            commands,
+            stats,
+            task: Some(task),
+        })
+    }
+
+    /// The next event, or `None` after `timeout`.
+    pub async fn next_event(&mut self, timeout: Duration) -> Option<Event> {
+        tokio::time::timeout(timeout, self.events.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Waits for an event `want` accepts, discarding others; `None` after `timeout`.
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        mut want: impl FnMut(&Event) -> bool,
+    ) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self.next_event(left).await?;
+            if want(&event) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// A copy of the statistics so far.
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Sends a JSON text message on the data channel.
+    pub fn send_data(&self, message: &Value) {
+        let _ = self.commands.send(Command::SendData(message.to_string()));
+    }
+
+    /// Leaves the room and waits for the loop to end.
+    pub async fn leave(mut self) {
+        let _ = self.commands.send(Command::Leave);
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Leave);
+    }
+}
+
+async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+            Some(Ok(Message::Close(_))) | None => bail!("signaling socket closed"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+struct Outgoing {
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    source: Box<dyn MediaSource + Send>,
+    kind: Kind,
+}
+
+/// The client side of the WebRTC connection.
+struct ClientPeer {
+    pc: RTCPeerConnection,
+    outgoing: Vec<Outgoing>,
+    data_channel: usize,
+    local_candidate: Value,
+    /// Remote tracks by this connection's track id: (publisher, kind).
+    remote: HashMap<MediaStreamTrackId, (String, Kind)>,
+}
+
+fn opus() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn vp8() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_VP8.to_owned(),
+        clock_rate: 90000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![],
+    }
+}
+
+impl ClientPeer {
+    fn new(config: &ParticipantConfig, local_addr: SocketAddr) -> anyhow::Result<Self> {
+        let mut media_engine = MediaEngine::default();
+        media_engine.register_default_codecs()?;
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
+            .build(Instant::now())?;
+        let stream = format!("{}-local", config.name);
+        let mut outgoing = Vec::new();
+        let mut tracks: Vec<(Kind, RTCRtpCodec, Box<dyn MediaSource + Send>)> = Vec::new();
+        if config.publish_audio {
+            tracks.push((Kind::Audio, opus(), Box::new(SyntheticAudio::default())));
+        }
+        if config.publish_video {
+            tracks.push((Kind::Video, vp8(), Box::new(SyntheticVideo::default())));
+        }
+        for (kind, codec, source) in tracks {
+            let ssrc: u32 = rand::random();
+            let rtc_kind = match kind {
+                Kind::Audio => RtpCodecKind::Audio,
+                Kind::Video => RtpCodecKind::Video,
+            };
+            let track = MediaStreamTrack::new(
+                stream.clone(),
+                format!("{stream}-{rtc_kind}"),
+                format!("{stream}-{rtc_kind}"),
+                rtc_kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec,
+                    ..Default::default()
+                }],
+            );
+            let transceiver = pc.add_transceiver_from_track(
+                track,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![stream.clone()],
+                    send_encodings: vec![],
+                }),
+            )?;
+            outgoing.push(Outgoing {
+                sender: RTCRtpSenderId::from(transceiver),
+                ssrc,
+                source,
+                kind,
+            });
+        }
+        let data_channel = pc
+            .create_data_channel(
+                "consilium",
+                Some(rtc::data_channel::RTCDataChannelInit {
+                    ordered: true,
+                    negotiated: Some(0),
+                    ..Default::default()
+                }),
+            )?
+            .id();
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: local_addr.ip().to_string(),
+                port: local_addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()?;
+        let init = RTCIceCandidate::from(&candidate).to_json()?;
+        let local_candidate = json!({
+            "candidate": init.candidate,
+            "sdpMid": "0",
+            "sdpMLineIndex": 0,
+        });
+        Ok(Self {
+            pc,
+            outgoing,
+            data_channel,
+            local_candidate,
+            remote: HashMap::new(),
+        })
+    }
+
+    fn offer(&mut self) -> anyhow::Result<String> {
+        let offer = self.pc.create_offer(None)?;
+        let sdp = offer.sdp.clone();
+        self.pc.set_local_description(Instant::now(), offer)?;
+        // Gathering is ours: the one host candidate of our socket, then end-of-candidates.
+        let candidate: rtc::peer_connection::transport::RTCIceCandidateInit =
+            serde_json::from_value(self.local_candidate_json())?;
+        self.pc.add_local_candidate(candidate)?;
+        Ok(sdp)
+    }
+
+    fn local_candidate_json(&self) -> Value {
+        self.local_candidate.clone()
+    }
+
+    fn apply_answer(&mut self, sdp: String) -> anyhow::Result<()> {
+        self.pc
+            .set_remote_description(Instant::now(), RTCSessionDescription::answer(sdp)?)?;
+        Ok(())
+    }
+
+    fn answer_offer(&mut self, sdp: String) -> anyhow::Result<String> {
+        let now = Instant::now();
+        self.pc
+            .set_remote_description(now, RTCSessionDescription::offer(sdp)?)?;
+        let answer = self.pc.create_answer(None)?;
+        let sdp = answer.sdp.clone();
+        self.pc.set_local_description(now, answer)?;
+        Ok(sdp)
+    }
+}
+
+struct Loop {
+    ws: Ws,
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    peer: ClientPeer,
+    events: mpsc::UnboundedSender<Event>,
+    stats: Arc<Mutex<Stats>>,
+}
+
+impl Loop {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut buf = vec![0u8; 2048];
+        let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
+        let mut video_tick = tokio::time::interval(Duration::from_millis(33));
+        audio_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        video_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut connected = false;
+        loop {
+            self.drain();
+            self.flush().await;
+            let deadline = self
+                .peer
+                .pc
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            tokio::select! {
+                msg = self.ws.next() => {
+                    match msg {
+                        Some(Ok(Message::Text(t))) => {
+                            if let Err(e) = self.signaling(&t).await {
+                                tracing::warn!(error = %e, "signaling message failed");
+                            }
+                        }
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                            let _ = self.events.send(Event::Closed);
+                            break;
+                        }
+                        Some(Ok(_)) => {}
+                    }
+                }
+                res = self.socket.recv_from(&mut buf) => {
+                    if let Ok((n, from)) = res {
+                        let _ = self.peer.pc.handle_read(TaggedBytesMut {
+                            now: Instant::now(),
+                            transport: TransportContext {
+                                local_addr: self.local_addr,
+                                peer_addr: from,
+                                ecn: None,
+                                transport_protocol: TransportProtocol::UDP,
+                            },
+                            message: BytesMut::from(&buf[..n]),
+                        });
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    let _ = self.peer.pc.handle_timeout(Instant::now());
+                }
+                _ = audio_tick.tick(), if connected => self.send_media(Kind::Audio),
+                _ = video_tick.tick(), if connected => self.send_media(Kind::Video),
+                cmd = commands.recv() => match cmd {
+                    Some(Command::SendData(text)) => {
+                        if let Some(mut dc) = self.peer.pc.data_channel(self.peer.data_channel) {
+                            let _ = dc.send_text(Instant::now(), text);
+                        }
+                    }
+                    Some(Command::Leave) | None => {
+                        let _ = self.ws.send(Message::Text(r#"{"type":"leave"}"#.into())).await;
+                        let _ = self.ws.close(None).await;
+                        let _ = self.peer.pc.close();
+                        self.flush().await;
+                        break;
+                    }
+                },
+            }
+            if !connected {
+                connected = self
+                    .stats
+                    .lock()
+                    .map(|s| s.timings.media_connected.is_some())
+                    .unwrap_or(false);
+            }
+        }
+    }
+
+    async fn signaling(&mut self, text: &str) -> anyhow::Result<()> {
+        let msg: Value = serde_json::from_str(text)?;
+        match msg["type"].as_str().unwrap_or("") {
+            "offer" => {
+                let sdp = msg["sdp"].as_str().unwrap_or_default().to_owned();
+                let answer = self.peer.answer_offer(sdp)?;
+                self.ws
+                    .send(Message::Text(
+                        json!({"type": "answer", "sdp": answer}).to_string().into(),
+                    ))
+                    .await?;
+            }
+            "participant_joined" => {
+                let p = &msg["participant"];
+                let _ = self.events.send(Event::ParticipantJoined {
+                    id: p["id"].as_str().unwrap_or_default().to_owned(),
+                    name: p["name"].as_str().unwrap_or_default().to_owned(),
+                });
+            }
+            "participant_left" => {
+                let _ = self.events.send(Event::ParticipantLeft {
+                    id: msg["participant_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                });
+            }
+            "error" => {
+                let _ = self.events.send(Event::Error {
+                    code: msg["code"].as_str().unwrap_or_default().to_owned(),
+                    message: msg["message"].as_str().unwrap_or_default().to_owned(),
+                });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Handles everything the connection has for us.
+    fn drain(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(event) = self.peer.pc.poll_event() {
+                progressed = true;
+                self.event(event);
+            }
+            // `rtc` starts the DTLS handshake on ICE success without queuing its output
+            // until the next timer (a ~200 ms stall); a timeout pass flushes it now.
+            if progressed {
+                let _ = self.peer.pc.handle_timeout(Instant::now());
+            }
+            while let Some(msg) = self.peer.pc.poll_read() {
+                progressed = true;
+                self.message(msg.message, msg.now);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn event(&mut self, event: RTCPeerConnectionEvent) {
+        match event {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
+                RTCPeerConnectionState::Connected,
+            ) => {
+                if let Ok(mut s) = self.stats.lock() {
+                    s.timings.media_connected.get_or_insert(Instant::now());
+                }
+                let _ = self.events.send(Event::MediaConnected);
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                let Some(publisher) = init.stream_ids.first().cloned() else {
+                    return;
+                };
+                let kind = match self
+                    .peer
+                    .pc
+                    .rtp_receiver(init.receiver_id)
+                    .map(|r| r.track().kind())
+                {
+                    Some(RtpCodecKind::Audio) => Kind::Audio,
+                    _ => Kind::Video,
+                };
+                self.peer.remote.insert(init.track_id, (publisher, kind));
+            }
+            _ => {}
+        }
+    }
+
+    fn message(&mut self, message: RTCMessage, at: Instant) {
+        match message {
+            RTCMessage::RtpPacket(track_id, packet) => {
+                let Some((publisher, kind)) = self.peer.remote.get(&track_id).cloned() else {
+                    return;
+                };
+                let latency = read_send_time(&packet.payload);
+                let Ok(mut stats) = self.stats.lock() else {
+                    return;
+                };
+                let stream = stats.received.entry((publisher.clone(), kind)).or_default();
+                stream.packets += 1;
+                stream.bytes += packet.payload.len() as u64;
+                stream.highest_seq = Some(packet.header.sequence_number);
+                if let Some(ms) = latency {
+                    stream.latencies_ms.push(ms);
+                }
+                if stream.first_at.is_none() {
+                    stream.first_at = Some(at);
+                    stats.timings.first_remote_rtp.get_or_insert(at);
+                    let _ = self.events.send(Event::FirstRemoteRtp { publisher, kind });
+                }
+            }
+            RTCMessage::RtcpPacket(_, packets) => {
+                if packets
+                    .iter()
+                    .any(|p| p.as_any().is::<PictureLossIndication>())
+                {
+                    if let Ok(mut s) = self.stats.lock() {
+                        s.plis_received += 1;
+                    }
+                    for out in &mut self.peer.outgoing {
+                        if out.kind == Kind::Video {
+                            out.source.request_keyframe();
+                        }
+                    }
+                }
+            }
+            RTCMessage::DataChannelMessage(_, message) => {
+                if let Ok(value) = serde_json::from_slice::<Value>(&message.data) {
+                    let _ = self.events.send(Event::Data(value));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn send_media(&mut self, kind: Kind) {
+        let now = Instant::now();
+        let mut sent = 0;
+        for out in self.peer.outgoing.iter_mut().filter(|o| o.kind == kind) {
+            let Some(mut sender) = self.peer.pc.rtp_sender(out.sender) else {
+                continue;
+            };
+            let Some(pt) = sender
+                .get_parameters()
+                .rtp_parameters
+                .codecs
+                .first()
+                .map(|c| c.payload_type)
+            else {
+                continue;
+            };
+            for packet in out.source.next_packets(out.ssrc, pt) {
+                if sender.write_rtp(now, packet).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.sent_packets += sent;
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(out) = self.peer.pc.poll_write() {
+            let _ = self
+                .socket
+                .send_to(&out.message, out.transport.peer_addr)
+                .await;
+        }
+    }
+}
