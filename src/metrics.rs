@@ -2,7 +2,9 @@
 //! SFU, process CPU/memory/fds from the `process` collector.
 
 use consilium_sfu::SfuMetrics;
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// All metrics of one server.
 #[derive(Clone)]
@@ -13,6 +15,9 @@ pub struct Metrics {
     pub websockets: IntGauge,
     pub signaling_messages: IntCounterVec,
     pub signaling_errors: IntCounterVec,
+    /// Time from the start of a join to each of its phases: `side="server"` from the
+    /// WebSocket accept, `side="client"` from the page's navigation start.
+    pub connect_phase: HistogramVec,
     pub sfu: SfuMetrics,
 }
 
@@ -36,6 +41,18 @@ impl Metrics {
             ),
             &["code"],
         )?;
+        let connect_phase = HistogramVec::new(
+            HistogramOpts::new(
+                "consilium_connect_phase_seconds",
+                "Time from the start of a join to each phase of it",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6,
+                0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+            ]),
+            &["phase", "side"],
+        )?;
+        registry.register(Box::new(connect_phase.clone()))?;
         registry.register(Box::new(rooms.clone()))?;
         registry.register(Box::new(participants.clone()))?;
         registry.register(Box::new(websockets.clone()))?;
@@ -53,6 +70,7 @@ impl Metrics {
             websockets,
             signaling_messages,
             signaling_errors,
+            connect_phase,
             sfu,
         })
     }

@@ -31,6 +31,28 @@ struct Joined {
     id: ParticipantId,
 }
 
+/// The server-side phases of one join, as offsets from the WebSocket accept.
+struct JoinTimeline {
+    accepted: std::time::Instant,
+    phases: Vec<(&'static str, Duration)>,
+    logged: bool,
+    client_reported: bool,
+}
+
+/// Every server phase; the join's log line is written once all are in (or at leave).
+const SERVER_PHASES: usize = 7;
+
+impl JoinTimeline {
+    fn new() -> Self {
+        Self {
+            accepted: std::time::Instant::now(),
+            phases: Vec::with_capacity(SERVER_PHASES),
+            logged: false,
+            client_reported: false,
+        }
+    }
+}
+
 enum Flow {
     Continue,
     Close(u16, &'static str),
@@ -46,6 +68,7 @@ pub async fn run(socket: WebSocket, state: AppState) {
         joined: None,
         outbox_tx,
         peer_tx,
+        timeline: JoinTimeline::new(),
     };
     let mut shutdown = state.shutdown.clone();
     let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -126,9 +149,49 @@ struct Session {
     joined: Option<Joined>,
     outbox_tx: mpsc::Sender<ServerMessage>,
     peer_tx: mpsc::Sender<PeerEvent>,
+    timeline: JoinTimeline,
 }
 
 impl Session {
+    /// Records a server-side phase of the join reached at `at`.
+    fn phase(&mut self, phase: &'static str, at: std::time::Instant) {
+        let since = at.saturating_duration_since(self.timeline.accepted);
+        self.state
+            .metrics
+            .connect_phase
+            .with_label_values(&[phase, "server"])
+            .observe(since.as_secs_f64());
+        self.timeline.phases.push((phase, since));
+        if self.timeline.phases.len() >= SERVER_PHASES {
+            self.log_timeline();
+        }
+    }
+
+    /// One structured line per join with every phase reached, in ms since accept.
+    fn log_timeline(&mut self) {
+        if self.timeline.logged || self.joined.is_none() {
+            return;
+        }
+        self.timeline.logged = true;
+        let phases: serde_json::Map<String, serde_json::Value> = self
+            .timeline
+            .phases
+            .iter()
+            .map(|(name, d)| {
+                (
+                    format!("{name}_ms"),
+                    serde_json::json!((d.as_secs_f64() * 1e4).round() / 10.0),
+                )
+            })
+            .collect();
+        let participant = self.joined.as_ref().map(|j| j.id.to_string());
+        tracing::info!(
+            participant = participant.as_deref().unwrap_or(""),
+            phases = %serde_json::Value::Object(phases),
+            "join timeline"
+        );
+    }
+
     fn send(&self, msg: ServerMessage) {
         if self.outbox_tx.try_send(msg).is_err() {
             tracing::warn!("client outbox full; message dropped");
@@ -181,6 +244,25 @@ impl Session {
 
     async fn handle(&mut self, msg: ClientMessage) -> Result<Flow, SignalingError> {
         match msg {
+            ClientMessage::ClientTimings { timings } => {
+                if self.joined.is_none() {
+                    return Err(SignalingError::NotJoined);
+                }
+                if self.timeline.client_reported {
+                    return Err(SignalingError::BadMessage(
+                        "client_timings is sent once per join".into(),
+                    ));
+                }
+                for (phase, ms) in timings.phases()? {
+                    self.state
+                        .metrics
+                        .connect_phase
+                        .with_label_values(&[phase, "client"])
+                        .observe(ms / 1000.0);
+                }
+                self.timeline.client_reported = true;
+                Ok(Flow::Continue)
+            }
             ClientMessage::Ping => {
                 self.send(ServerMessage::Pong);
                 Ok(Flow::Continue)
@@ -253,6 +335,7 @@ impl Session {
         if self.joined.is_some() {
             return Err(SignalingError::AlreadyJoined);
         }
+        let received = std::time::Instant::now();
         if v != PROTOCOL_VERSION {
             return Err(SignalingError::UnsupportedVersion(v));
         }
@@ -302,6 +385,11 @@ impl Session {
         });
         // The server's only candidate is in the answer.
         self.send(ServerMessage::Candidate { candidate: None });
+        // A join refused and retried on the same socket restarts the timeline here.
+        self.timeline.phases.clear();
+        self.timeline.phases.push(("ws_accepted", Duration::ZERO));
+        self.phase("join_received", received);
+        self.phase("answer_sent", std::time::Instant::now());
         self.state.rooms.announce(&room, &admission.id);
         self.joined = Some(Joined {
             room,
@@ -328,6 +416,7 @@ impl Session {
                 let (room, id) = (joined.room.clone(), joined.id.clone());
                 self.relay_data(&room, &id, text, data).await;
             }
+            PeerEvent::Milestone { milestone, at } => self.phase(milestone.as_str(), at),
             PeerEvent::Closed { reason } => {
                 tracing::info!(participant = %joined.id, reason, "media peer closed by the server");
                 self.send(ServerMessage::MediaConnection {
@@ -378,6 +467,7 @@ impl Session {
 
     /// Leaves the room and the SFU. Idempotent.
     async fn leave(&mut self) {
+        self.log_timeline();
         if let Some(joined) = self.joined.take() {
             self.state.rooms.leave(&joined.room, &joined.id);
             self.state.sfu.leave(joined.id.as_str()).await;
@@ -408,6 +498,7 @@ fn message_type(msg: &ClientMessage) -> &'static str {
         ClientMessage::Candidate { .. } => "candidate",
         ClientMessage::Answer { .. } => "answer",
         ClientMessage::MediaState { .. } => "media_state",
+        ClientMessage::ClientTimings { .. } => "client_timings",
         ClientMessage::Leave => "leave",
         ClientMessage::Ping => "ping",
     }

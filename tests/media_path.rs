@@ -1,6 +1,8 @@
 //! The media path end to end: the real server in-process, real WebRTC peers over real UDP
 //! sockets on loopback, through the real signaling.
 
+mod common;
+
 use consilium::{Config, Server};
 use loadtest::{Event, Kind, Participant, ParticipantConfig};
 use serde_json::json;
@@ -23,22 +25,11 @@ fn ws_url(server: &Server) -> String {
 }
 
 async fn http_get(server: &Server, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(server.http_addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body
+    common::http_get(server.http_addr, path).await.1
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+fn metric(text: &str, series: &str) -> f64 {
+    common::metric(text, series).unwrap_or(0.0)
 }
 
 async fn wait_for_media(p: &mut Participant, from: &str) {
@@ -105,7 +96,12 @@ async fn two_peers_exchange_audio_and_video_and_see_each_other_leave() {
             audio.latencies_ms.iter().all(|ms| *ms < 1000.0),
             "latency through loopback SFU"
         );
-        assert!(!me.stats().received.contains_key(&(me.id.clone(), Kind::Audio)), "no echo");
+        assert!(
+            !me.stats()
+                .received
+                .contains_key(&(me.id.clone(), Kind::Audio)),
+            "no echo"
+        );
     }
     // The forwarder asked each publisher for a keyframe when the other subscribed.
     // (Chromium counts these as outbound pliCount; the `rtc` client does not surface

@@ -18,15 +18,13 @@ use rtc::peer_connection::configuration::media_engine::{
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::rtp_transceiver::{
-    RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
-};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use serde_json::{Value, json};
@@ -78,15 +76,26 @@ pub enum Kind {
 /// Something that happened to the participant.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    ParticipantJoined { id: String, name: String },
-    ParticipantLeft { id: String },
+    ParticipantJoined {
+        id: String,
+        name: String,
+    },
+    ParticipantLeft {
+        id: String,
+    },
     MediaConnected,
     /// The first RTP packet of a remote participant's track arrived.
-    FirstRemoteRtp { publisher: String, kind: Kind },
+    FirstRemoteRtp {
+        publisher: String,
+        kind: Kind,
+    },
     /// A data channel message relayed by the server.
     Data(Value),
     /// A signaling `error` message.
-    Error { code: String, message: String },
+    Error {
+        code: String,
+        message: String,
+    },
     /// The signaling socket closed.
     Closed,
 }
@@ -108,6 +117,8 @@ pub struct JoinTimings {
     pub started: Option<Instant>,
     pub ws_open: Option<Instant>,
     pub joined: Option<Instant>,
+    /// ICE connected (a check succeeded); `media_connected` adds DTLS.
+    pub ice_connected: Option<Instant>,
     pub media_connected: Option<Instant>,
     pub first_remote_rtp: Option<Instant>,
 }
@@ -137,9 +148,8 @@ pub struct Participant {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 impl Participant {
     /// Connects, joins and starts the media loop. Fails on a signaling `error`.
@@ -595,6 +605,13 @@ impl Loop {
 
     fn event(&mut self, event: RTCPeerConnectionEvent) {
         match event {
+            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                RTCIceConnectionState::Connected,
+            ) => {
+                if let Ok(mut s) = self.stats.lock() {
+                    s.timings.ice_connected.get_or_insert(Instant::now());
+                }
+            }
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
                 RTCPeerConnectionState::Connected,
             ) => {

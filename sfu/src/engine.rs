@@ -25,7 +25,7 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
 };
@@ -67,6 +67,33 @@ pub enum PeerEvent {
     Data { text: bool, data: Bytes },
     /// The engine removed the peer (connection failed or never came up).
     Closed { reason: &'static str },
+    /// A step of the join was reached (each at most once per peer), for connect timing.
+    Milestone { milestone: Milestone, at: Instant },
+}
+
+/// The media-side steps of a join, in the order they normally happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Milestone {
+    IceConnected,
+    DtlsConnected,
+    FirstRtpReceived,
+    FirstRtpForwarded,
+}
+
+impl Milestone {
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Milestone::IceConnected => "ice_connected",
+            Milestone::DtlsConnected => "dtls_connected",
+            Milestone::FirstRtpReceived => "first_rtp_received",
+            Milestone::FirstRtpForwarded => "first_rtp_forwarded",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
 }
 
 /// A participant's media connection request.
@@ -325,12 +352,22 @@ struct MediaPeer {
     created: Instant,
     deadline: Option<Instant>,
     track_counter: u32,
+    /// Milestones already reported (bit set by `Milestone::bit`).
+    milestones: u8,
 }
 
 impl MediaPeer {
     fn emit(&self, event: PeerEvent) {
         if self.events.try_send(event).is_err() {
             tracing::warn!(peer = %self.id, "peer event channel full or closed");
+        }
+    }
+
+    /// Reports a milestone the first time it is reached.
+    fn reached(&mut self, milestone: Milestone, at: Instant) {
+        if self.milestones & milestone.bit() == 0 {
+            self.milestones |= milestone.bit();
+            self.emit(PeerEvent::Milestone { milestone, at });
         }
     }
 }
@@ -547,6 +584,7 @@ impl Engine {
                 created: now,
                 deadline: None,
                 track_counter: 0,
+                milestones: 0,
             },
         );
         self.metrics.peers.inc();
@@ -783,10 +821,20 @@ impl Engine {
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
                 self.publish(key, init.track_id, init.receiver_id, now);
             }
+            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                RTCIceConnectionState::Connected,
+            ) => {
+                if let Some(peer) = self.peers.get_mut(&key) {
+                    peer.reached(Milestone::IceConnected, now);
+                }
+            }
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
                 let Some(peer) = self.peers.get_mut(&key) else {
                     return;
                 };
+                if state == RTCPeerConnectionState::Connected {
+                    peer.reached(Milestone::DtlsConnected, now);
+                }
                 let mapped = match state {
                     RTCPeerConnectionState::Connected => ConnectionState::Connected,
                     RTCPeerConnectionState::Disconnected => ConnectionState::Disconnected,
@@ -871,13 +919,22 @@ impl Engine {
     fn peer_message(&mut self, key: PeerKey, message: RTCMessage, now: Instant) {
         match message {
             RTCMessage::RtpPacket(track_id, packet) => {
-                let Some(peer) = self.peers.get(&key) else {
+                let Some(peer) = self.peers.get_mut(&key) else {
                     return;
                 };
+                if peer.milestones & Milestone::FirstRtpReceived.bit() == 0 {
+                    peer.reached(Milestone::FirstRtpReceived, now);
+                }
                 let Some(&track_key) = peer.published.get(&track_id) else {
                     return;
                 };
-                self.forward(track_key, packet, now);
+                if self.forward(track_key, packet, now) > 0 {
+                    if let Some(peer) = self.peers.get_mut(&key) {
+                        if peer.milestones & Milestone::FirstRtpForwarded.bit() == 0 {
+                            peer.reached(Milestone::FirstRtpForwarded, Instant::now());
+                        }
+                    }
+                }
             }
             RTCMessage::RtcpPacket(track_id, packets) => {
                 let Some(peer) = self.peers.get(&key) else {
@@ -924,7 +981,8 @@ impl Engine {
     }
 
     /// The per-packet path: one inbound RTP packet to every subscriber of its track.
-    fn forward(&mut self, track_key: TrackKey, packet: rtc::rtp::Packet, now: Instant) {
+    /// Returns to how many subscribers it went.
+    fn forward(&mut self, track_key: TrackKey, packet: rtc::rtp::Packet, now: Instant) -> usize {
         let Engine {
             tracks,
             peers,
@@ -933,8 +991,9 @@ impl Engine {
             ..
         } = self;
         let Some(source) = tracks.get(&track_key) else {
-            return;
+            return 0;
         };
+        let mut forwarded = 0;
         let codec = match source.kind {
             MediaKind::Video(c) => c,
             MediaKind::Audio => VideoCodec::Other,
@@ -982,6 +1041,7 @@ impl Engine {
                         metrics.forwarded_packets.inc();
                         metrics.forwarded_bytes.inc_by(payload_len);
                         dirty.push(subscriber);
+                        forwarded += 1;
                     }
                     Err(e) => {
                         tracing::trace!(peer = %peer.id, error = %e, "write_rtp failed");
@@ -993,6 +1053,7 @@ impl Engine {
                 }
             }
         }
+        forwarded
     }
 
     /// Sends an offer to a peer whose forwarded tracks changed, one at a time.

@@ -18,7 +18,7 @@ pub mod forwarding;
 pub mod metrics;
 
 pub use config::SfuConfig;
-pub use engine::{ConnectionState, JoinRequest, PeerEvent, Sfu, SfuHandle};
+pub use engine::{ConnectionState, JoinRequest, Milestone, PeerEvent, Sfu, SfuHandle};
 pub use error::SfuError;
 pub use metrics::SfuMetrics;
 /// A trickled ICE candidate, as the `rtc` stack takes it.

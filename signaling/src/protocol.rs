@@ -49,8 +49,58 @@ pub enum ClientMessage {
         audio_muted: bool,
         video_muted: bool,
     },
+    /// The client's own connect timeline, for the connect-time histograms.
+    ClientTimings {
+        timings: ClientTimings,
+    },
     Leave,
     Ping,
+}
+
+/// Client-side moments of one join, in ms since navigation start. Each is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientTimings {
+    #[serde(default)]
+    pub ws_open: Option<f64>,
+    #[serde(default)]
+    pub media_ready: Option<f64>,
+    #[serde(default)]
+    pub joined: Option<f64>,
+    #[serde(default)]
+    pub ice_connected: Option<f64>,
+    #[serde(default)]
+    pub first_remote_audio: Option<f64>,
+    #[serde(default)]
+    pub first_remote_video_frame: Option<f64>,
+}
+
+impl ClientTimings {
+    /// Longest plausible time since navigation: anything later is a broken clock.
+    pub const MAX_MS: f64 = 600_000.0;
+
+    /// The (phase, ms) pairs present, or an error naming the first implausible one.
+    pub fn phases(&self) -> Result<Vec<(&'static str, f64)>, SignalingError> {
+        let all = [
+            ("ws_open", self.ws_open),
+            ("media_ready", self.media_ready),
+            ("joined", self.joined),
+            ("ice_connected", self.ice_connected),
+            ("first_remote_audio", self.first_remote_audio),
+            ("first_remote_video_frame", self.first_remote_video_frame),
+        ];
+        let mut out = Vec::new();
+        for (name, value) in all {
+            let Some(ms) = value else { continue };
+            if !ms.is_finite() || !(0.0..Self::MAX_MS).contains(&ms) {
+                return Err(SignalingError::BadMessage(format!(
+                    "client_timings.{name} must be between 0 and {} ms",
+                    Self::MAX_MS
+                )));
+            }
+            out.push((name, ms));
+        }
+        Ok(out)
+    }
 }
 
 fn default_version() -> u32 {
@@ -62,6 +112,7 @@ const CLIENT_TYPES: &[&str] = &[
     "candidate",
     "answer",
     "media_state",
+    "client_timings",
     "leave",
     "ping",
 ];
@@ -197,6 +248,31 @@ mod tests {
         assert_eq!(code(r#"{"type":7}"#), ErrorCode::BadMessage);
         assert_eq!(code(r#"{"type":"join","room":"r"}"#), ErrorCode::BadMessage);
         assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+    }
+
+    #[test]
+    fn client_timings_are_bounded() {
+        let m = ClientMessage::parse(
+            r#"{"type":"client_timings","timings":{"ws_open":12.5,"first_remote_video_frame":150}}"#,
+        )
+        .unwrap();
+        let ClientMessage::ClientTimings { timings } = m else {
+            panic!()
+        };
+        assert_eq!(
+            timings.phases().unwrap(),
+            vec![("ws_open", 12.5), ("first_remote_video_frame", 150.0)]
+        );
+        let bad = ClientTimings {
+            joined: Some(-1.0),
+            ..Default::default()
+        };
+        assert!(bad.phases().is_err());
+        let bad = ClientTimings {
+            joined: Some(1e9),
+            ..Default::default()
+        };
+        assert!(bad.phases().is_err());
     }
 
     #[test]

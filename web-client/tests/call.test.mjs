@@ -95,11 +95,49 @@ test('two participants see and hear each other; leaving removes the tile', { tim
       withLogs([alice, bob], async () => {
         await Promise.all([expectLiveRemote(alice, 'Bob'), expectLiveRemote(bob, 'Alice')]);
         const timings = await alice.evaluate(() => ({ ...window.consilium.timings }));
-        for (const k of ['wsOpen', 'joined', 'iceConnected', 'firstRemoteVideoFrame']) {
+        for (const k of ['ws_open', 'media_ready', 'joined', 'ice_connected', 'first_remote_video_frame']) {
           assert.equal(typeof timings[k], 'number', `timing ${k} recorded: ${JSON.stringify(timings)}`);
         }
         await alice.waitForSelector('#connection-state[data-state="connected"]', { timeout: 10_000 });
         t.diagnostic(`Alice timings (ms since navigation start): ${JSON.stringify(timings)}`);
+      }),
+    );
+
+    await t.test('client_timings is sent once after the first frame; a refusal is ignored', () =>
+      withLogs([alice, bob], async () => {
+        const sent = await waitFor(() => alice.wsSent.find((m) => m.type === 'client_timings'), {
+          timeout: 5_000,
+          message: 'Alice to send client_timings',
+        });
+        const allowed = ['ws_open', 'joined', 'ice_connected', 'first_remote_video_frame', 'first_remote_audio', 'media_ready'];
+        for (const [k, v] of Object.entries(sent.timings)) {
+          assert.ok(allowed.includes(k), `unexpected key ${k} in ${JSON.stringify(sent)}`);
+          assert.ok(typeof v === 'number' && v >= 0 && v < 600_000, `${k}=${v} in range`);
+        }
+        for (const k of ['ws_open', 'joined', 'first_remote_video_frame']) {
+          assert.equal(typeof sent.timings[k], 'number', `${k} in ${JSON.stringify(sent)}`);
+        }
+        const jsTimings = await alice.evaluate(() => ({ ...window.consilium.timings }));
+        assert.equal(sent.timings.first_remote_video_frame, jsTimings.first_remote_video_frame);
+
+        // Whatever the server answers (nothing, or `error` unknown_type from a server that
+        // predates the message, or bad_message for an implausible value), the call goes on
+        // without a banner.
+        const before = alice.wsReceived.length;
+        await alice.evaluate(() => {
+          const sig = window.consilium.session.signaling;
+          sig.send('client_timings', { timings: { ws_open: 1e9 } });
+          sig.ping();
+        });
+        await waitFor(() => alice.wsReceived.slice(before).some((m) => m.type === 'pong'), {
+          timeout: 5_000,
+          message: 'the pong after a second client_timings',
+        });
+        await new Promise((r) => setTimeout(r, 200));
+        assert.ok(await alice.locator('#error').isHidden(), 'no error banner for client_timings');
+        assert.equal(await alice.evaluate(() => window.consilium.state), 'connected');
+        assert.equal(alice.wsSent.filter((m) => m.type === 'client_timings').length, 2, 'the page itself sent client_timings once (plus the one injected here)');
+        assert.deepEqual(alice.pageErrors, []);
       }),
     );
 

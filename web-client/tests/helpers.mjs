@@ -172,14 +172,17 @@ export async function openPage(browser, url) {
   page.consiliumLog = log;
   page.pageErrors = [];
   page.wsReceived = []; // parsed signaling messages the page received
+  page.wsSent = []; // parsed signaling messages the page sent
+  const record = (list) => ({ payload }) => {
+    try {
+      list.push(JSON.parse(String(payload)));
+    } catch {
+      /* not JSON: ignore */
+    }
+  };
   page.on('websocket', (ws) => {
-    ws.on('framereceived', ({ payload }) => {
-      try {
-        page.wsReceived.push(JSON.parse(String(payload)));
-      } catch {
-        /* not JSON: ignore */
-      }
-    });
+    ws.on('framereceived', record(page.wsReceived));
+    ws.on('framesent', record(page.wsSent));
   });
   page.on('console', (msg) => {
     if (msg.type() === 'error' || msg.type() === 'warning') log.push(`${msg.type()}: ${msg.text()}`);

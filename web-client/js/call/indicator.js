@@ -20,7 +20,7 @@ export class ConnectionIndicator {
     this.state = 'idle';
     this._offSession = null;
     onMark((name) => {
-      if (name === 'firstRemoteVideoFrame') this.render();
+      if (name === 'first_remote_video_frame') this.render();
     });
     this.render();
   }
@@ -41,8 +41,8 @@ export class ConnectionIndicator {
     const s = this.state;
     this.el.dataset.state = s;
     let text = TEXT[s] ?? s;
-    if (s === 'connected' && 'firstRemoteVideoFrame' in timings) {
-      text = `Connected in ${Math.round(timings.firstRemoteVideoFrame)} ms`;
+    if (s === 'connected' && 'first_remote_video_frame' in timings) {
+      text = `Connected in ${Math.round(timings.first_remote_video_frame)} ms`;
     }
     this.textEl.textContent = text;
   }

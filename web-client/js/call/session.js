@@ -10,7 +10,7 @@
 // media-error, data, ended.
 
 import { Emitter, Signaling, signalingUrl } from './signaling.js';
-import { mark, timings } from './timings.js';
+import { mark, onMark, takeClientTimings, timings } from './timings.js';
 
 /** Delays before each automatic rejoin after the connection was lost. */
 const RETRY_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
@@ -22,6 +22,8 @@ const PING_INTERVAL_MS = 15_000;
 const SILENCE_LIMIT_MS = 75_000;
 const FIRST_AUDIO_POLL_MS = 100;
 const FIRST_AUDIO_POLL_LIMIT_MS = 60_000;
+/** `client_timings` goes out at the first remote video frame, or this long after start. */
+const CLIENT_TIMINGS_DEADLINE_MS = 10_000;
 
 const VIDEO_CONSTRAINTS = {
   width: { ideal: 1280 },
@@ -84,14 +86,25 @@ export class Session extends Emitter {
     this._midOwner = new Map(); // transceiver mid → participant id (from track events)
     this._reconcileTimer = null;
     this._mediaPromise = null;
+    /** msid of our own tracks; stable, so tracks can be attached after the offer was made. */
+    this._sendStream = null;
+    /** Our sendonly transceivers, by kind, in the current PeerConnection. */
+    this._sendTransceivers = {};
+    this._startedAt = 0;
+    this._clientTimings = null; // {off(), timer} while waiting to send `client_timings`
+    this._clientTimingsInFlight = false; // sent, and the `pong` that follows not yet back
   }
 
   /** Starts the call: WebSocket and camera/microphone are opened in parallel. */
   async start() {
     if (this._started) return;
     this._started = true;
+    this._startedAt = performance.now();
     this._update();
-    this._mediaPromise = this._acquireMedia();
+    this._mediaPromise = this._acquireMedia().catch((err) => {
+      console.warn('[consilium] local media failed', err);
+      return null;
+    });
     await this._connect();
   }
 
@@ -132,17 +145,18 @@ export class Session extends Emitter {
     const sig = new Signaling(this.url);
     this.signaling = sig;
     this._bindSignaling(sig, gen);
-    const wsOpen = sig.open().then(() => mark('wsOpen'));
+    const wsOpen = sig.open().then(() => mark('ws_open'));
     wsOpen.catch(() => {}); // awaited below; the close handler also reports it
     this._update();
 
+    // The offer does not wait for the camera and microphone: its audio and video
+    // transceivers are created without tracks if getUserMedia has not resolved yet and get
+    // them by replaceTrack (no renegotiation) when it does. So the join, the answer, ICE and
+    // DTLS, and receiving the others, all overlap with getUserMedia (and its permission
+    // prompt). Offer creation overlaps with the WebSocket handshake.
     let offerSdp;
     try {
-      const stream = await this._mediaPromise;
-      if (gen !== this._gen) return;
-      offerSdp = await this._createPeerConnection(stream, gen);
-      if (gen !== this._gen) return;
-      await wsOpen;
+      [offerSdp] = await Promise.all([this._createPeerConnection(gen), wsOpen]);
     } catch (err) {
       console.warn('[consilium] connection attempt failed', err);
       this._connectionLost(gen);
@@ -150,16 +164,30 @@ export class Session extends Emitter {
     }
     if (gen !== this._gen) return;
     sig.join({ room: this.room, name: this.name, token: this.token, offer: offerSdp });
-    mark('joinSent');
+    mark('join_sent');
     this._startPing(gen);
     this._update();
   }
 
-  async _createPeerConnection(stream, gen) {
+  async _createPeerConnection(gen) {
     const pc = new RTCPeerConnection();
     this.pc = pc;
-    for (const track of stream.getTracks()) {
-      pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    // Always one sendonly audio and one sendonly video transceiver (the server publishes a
+    // track on its first RTP packet, so one that never gets a track stays invisible).
+    this._sendStream ??= new MediaStream();
+    const stream = this.localStream; // null until getUserMedia resolves
+    this._sendTransceivers = {};
+    for (const kind of ['audio', 'video']) {
+      const track = stream?.getTracks().find((t) => t.kind === kind) ?? null;
+      this._sendTransceivers[kind] = pc.addTransceiver(track ?? kind, {
+        direction: 'sendonly',
+        streams: [this._sendStream],
+      });
+    }
+    if (!stream) {
+      this._mediaPromise.then((s) => {
+        if (s && gen === this._gen && this.pc === pc) this._attachLocalTracks(s);
+      });
     }
     const dc = pc.createDataChannel('consilium', { negotiated: true, id: 0, ordered: true });
     this.dataChannel = dc;
@@ -190,7 +218,7 @@ export class Session extends Emitter {
     pc.addEventListener('iceconnectionstatechange', () => {
       if (gen !== this._gen) return;
       const s = pc.iceConnectionState;
-      if (s === 'connected' || s === 'completed') mark('iceConnected');
+      if (s === 'connected' || s === 'completed') mark('ice_connected');
       if (pc.connectionState === undefined) this._onPcState(gen, iceToConnectionState(s));
       this._update();
     });
@@ -204,9 +232,20 @@ export class Session extends Emitter {
     return pc.localDescription.sdp;
   }
 
+  /** Puts the local tracks on our sendonly transceivers (no renegotiation needed). */
+  _attachLocalTracks(stream) {
+    for (const [kind, transceiver] of Object.entries(this._sendTransceivers)) {
+      const track = stream.getTracks().find((t) => t.kind === kind);
+      if (!track || transceiver.sender.track === track) continue;
+      transceiver.sender.replaceTrack(track).catch((err) => {
+        console.warn(`[consilium] cannot send the local ${kind} track`, err);
+      });
+    }
+  }
+
   _onPcState(gen, s) {
     if (s === 'connected') {
-      mark('pcConnected');
+      mark('pc_connected');
       this._retry = 0;
       this._reconnecting = false;
     } else if (s === 'failed') {
@@ -240,6 +279,9 @@ export class Session extends Emitter {
       this.serverMediaState = msg.state;
     });
     on('error', (msg) => this._onServerError(msg));
+    on('pong', () => {
+      this._clientTimingsInFlight = false;
+    });
     on('close', (ev) => {
       if (ev.byUs) return;
       console.warn(`[consilium] signaling closed (${ev.code} ${ev.reason || ''})`);
@@ -284,6 +326,53 @@ export class Session extends Emitter {
     if (this.audioMuted || this.videoMuted) this._sendMediaState();
     this.emit('joined', msg);
     this._update();
+    this._armClientTimings(this._gen);
+  }
+
+  // ---------------------------------------------------------------- client_timings
+
+  /**
+   * Sends `client_timings` once per page, after `joined`: at the first remote video frame,
+   * or CLIENT_TIMINGS_DEADLINE_MS after the session started with whatever was recorded.
+   */
+  _armClientTimings(gen) {
+    this._disarmClientTimings();
+    const send = () => {
+      if (gen !== this._gen || !this.joined) return;
+      this._disarmClientTimings();
+      const payload = takeClientTimings();
+      if (!payload) return; // already reported on this page
+      if (this.signaling?.clientTimings(payload)) {
+        // The server answers nothing on success. A server that predates the message answers
+        // `error` (unknown_type): the ping that follows bounds the window in which an error
+        // is taken as that reply, see _isClientTimingsReply.
+        this._clientTimingsInFlight = true;
+        this.signaling.ping();
+      }
+    };
+    if ('first_remote_video_frame' in timings) {
+      send();
+      return;
+    }
+    const off = onMark((name) => {
+      if (name === 'first_remote_video_frame') send();
+    });
+    const wait = Math.max(0, this._startedAt + CLIENT_TIMINGS_DEADLINE_MS - performance.now());
+    this._clientTimings = { off, timer: setTimeout(send, wait) };
+  }
+
+  _disarmClientTimings() {
+    if (!this._clientTimings) return;
+    this._clientTimings.off();
+    clearTimeout(this._clientTimings.timer);
+    this._clientTimings = null;
+  }
+
+  /** Whether a server `error` refuses our `client_timings` (telemetry: never shown). */
+  _isClientTimingsReply({ code, message }) {
+    if (code !== 'unknown_type' && code !== 'bad_message') return false;
+    if (typeof message === 'string' && message.includes('client_timings')) return true;
+    return this._clientTimingsInFlight;
   }
 
   async _onOffer(msg) {
@@ -322,6 +411,10 @@ export class Session extends Emitter {
   }
 
   _onServerError(msg) {
+    if (this.joined && this._isClientTimingsReply(msg)) {
+      console.info('[consilium] the server did not take client_timings:', msg.code, msg.message);
+      return;
+    }
     const err = { code: msg.code ?? 'unknown', message: msg.message ?? 'The server refused the request.' };
     this.lastError = err;
     console.warn('[consilium] server error', err);
@@ -358,6 +451,8 @@ export class Session extends Emitter {
     this._gen++;
     clearInterval(this._pingTimer);
     this._pingTimer = null;
+    this._disarmClientTimings();
+    this._clientTimingsInFlight = false;
     clearTimeout(this._reconcileTimer);
     this.signaling?.close();
     this.signaling = null;
@@ -369,6 +464,7 @@ export class Session extends Emitter {
     }
     this.dataChannel = null;
     this.pc = null;
+    this._sendTransceivers = {};
     this.joined = false;
     this.participantId = null;
     this._queue = Promise.resolve();
@@ -471,7 +567,7 @@ export class Session extends Emitter {
         }
       }
     }
-    mark('mediaReady');
+    mark('media_ready');
     if (!stream) {
       stream = new MediaStream(); // receive-only participation
       this.emit('media-error', {
@@ -581,8 +677,8 @@ export class Session extends Emitter {
 
   /** Records the first remote audio: track unmute, or packets seen in the stats. */
   _watchFirstAudio(track) {
-    if ('firstRemoteAudio' in timings) return;
-    track.addEventListener('unmute', () => mark('firstRemoteAudio'), { once: true });
+    if ('first_remote_audio' in timings) return;
+    track.addEventListener('unmute', () => mark('first_remote_audio'), { once: true });
     if (this._audioPoll) return;
     const gen = this._gen;
     const started = performance.now();
@@ -592,13 +688,13 @@ export class Session extends Emitter {
         clearInterval(this._audioPoll);
         this._audioPoll = null;
       };
-      if ('firstRemoteAudio' in timings || gen !== this._gen || !pc) return stop();
+      if ('first_remote_audio' in timings || gen !== this._gen || !pc) return stop();
       if (performance.now() - started > FIRST_AUDIO_POLL_LIMIT_MS) return stop();
       try {
         const stats = await pc.getStats();
         stats.forEach((r) => {
           if (r.type === 'inbound-rtp' && r.kind === 'audio' && r.packetsReceived > 0) {
-            mark('firstRemoteAudio');
+            mark('first_remote_audio');
           }
         });
       } catch {

@@ -139,6 +139,11 @@ export class Signaling extends Emitter {
     return this.send('media_state', { audio_muted: !!audioMuted, video_muted: !!videoMuted });
   }
 
+  /** @param {Record<string, number>} timings  ms since navigation start, see timings.js */
+  clientTimings(timings) {
+    return this.send('client_timings', { timings });
+  }
+
   leave() {
     return this.send('leave');
   }

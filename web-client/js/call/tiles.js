@@ -41,17 +41,20 @@ function safePlay(video, onBlocked) {
   });
 }
 
-/** Records the first remote video frame presented (rVFC where available, else 'playing'). */
+/**
+ * Records the first remote video frame presented: the time requestVideoFrameCallback hands
+ * to its callback where available, else the 'playing' (or first 'resize') event.
+ */
 function watchFirstFrame(video) {
-  if ('firstRemoteVideoFrame' in timings) return;
+  if ('first_remote_video_frame' in timings) return;
   if (typeof video.requestVideoFrameCallback === 'function') {
-    video.requestVideoFrameCallback(() => mark('firstRemoteVideoFrame'));
+    video.requestVideoFrameCallback((now) => mark('first_remote_video_frame', now));
   } else {
     video.addEventListener(
       'playing',
       () => {
-        if (video.videoWidth > 0) mark('firstRemoteVideoFrame');
-        else video.addEventListener('resize', () => mark('firstRemoteVideoFrame'), { once: true });
+        if (video.videoWidth > 0) mark('first_remote_video_frame');
+        else video.addEventListener('resize', () => mark('first_remote_video_frame'), { once: true });
       },
       { once: true },
     );
