@@ -632,7 +632,6 @@ impl Engine {
                 return Err(e);
             }
         }
-        let mut keyframe_for = Vec::new();
         for track in offered {
             let Some(sub) = peer.subscriptions.get_mut(&track) else {
                 continue;
@@ -647,15 +646,31 @@ impl Engine {
                         .map(|c| c.payload_type)
                 });
             }
-            if sub.down.negotiated() {
-                keyframe_for.push(track);
+        }
+        self.activate_subscriptions(key, now);
+        self.pump(key, now);
+        Ok(())
+    }
+
+    /// Starts forwarding what a peer has negotiated, once its transport is up: a keyframe
+    /// forwarded before DTLS completes would be lost, and the subscriber would wait for
+    /// the next one.
+    fn activate_subscriptions(&mut self, key: PeerKey, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if peer.state != ConnectionState::Connected {
+            return;
+        }
+        let mut keyframe_for = Vec::new();
+        for (track, sub) in &mut peer.subscriptions {
+            if sub.payload_type.is_some() && sub.down.negotiated() {
+                keyframe_for.push(*track);
             }
         }
         for track in keyframe_for {
             self.request_keyframe(track, now);
         }
-        self.pump(key, now);
-        Ok(())
     }
 
     /// Gives `subscriber` a sending track that carries `track`.
@@ -847,6 +862,9 @@ impl Engine {
                     peer.state = mapped;
                     tracing::debug!(peer = %peer.id, ?mapped, "media connection state");
                     peer.emit(PeerEvent::Connection(mapped));
+                    if mapped == ConnectionState::Connected {
+                        self.activate_subscriptions(key, now);
+                    }
                 }
                 if mapped == ConnectionState::Failed {
                     self.remove(key, Some("media connection failed"));
