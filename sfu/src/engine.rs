@@ -770,10 +770,7 @@ impl Engine {
 
     fn datagram(&mut self, from: SocketAddr, data: &[u8]) {
         let Some(key) = self.demux.route(from, data) else {
-            self.metrics
-                .dropped_packets
-                .with_label_values(&["unknown_source"])
-                .inc();
+            self.metrics.fast.dropped_unknown_source.inc();
             return;
         };
         let now = Instant::now();
@@ -1033,10 +1030,7 @@ impl Engine {
             let rewrite = match decision {
                 Ok(r) => r,
                 Err(reason) => {
-                    metrics
-                        .dropped_packets
-                        .with_label_values(&[reason.as_str()])
-                        .inc();
+                    metrics.fast.dropped(reason).inc();
                     continue;
                 }
             };
@@ -1063,10 +1057,7 @@ impl Engine {
                     }
                     Err(e) => {
                         tracing::trace!(peer = %peer.id, error = %e, "write_rtp failed");
-                        metrics
-                            .dropped_packets
-                            .with_label_values(&["write_failed"])
-                            .inc();
+                        metrics.fast.dropped_write_failed.inc();
                     }
                 }
             }
@@ -1164,15 +1155,11 @@ impl Engine {
                     .socket
                     .try_send_to(&out.message, out.transport.peer_addr)
                 {
-                    let reason = if e.kind() == std::io::ErrorKind::WouldBlock {
-                        "socket_full"
+                    if e.kind() == std::io::ErrorKind::WouldBlock {
+                        self.metrics.fast.dropped_socket_full.inc();
                     } else {
-                        "send_error"
-                    };
-                    self.metrics
-                        .dropped_packets
-                        .with_label_values(&[reason])
-                        .inc();
+                        self.metrics.fast.dropped_send_error.inc();
+                    }
                 }
             }
             let next = peer.pc.poll_timeout();

@@ -26,16 +26,6 @@ pub enum DropReason {
     BeforeStart,
 }
 
-impl DropReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::NotNegotiated => "not_negotiated",
-            DropReason::WaitingForKeyframe => "waiting_for_keyframe",
-            DropReason::BeforeStart => "before_start",
-        }
-    }
-}
-
 /// The header fields a forwarded packet gets for one subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rewrite {

@@ -14,12 +14,56 @@ pub struct SfuMetrics {
     pub rtcp_feedback: IntCounterVec,
     pub keyframe_requests: IntCounter,
     pub data_channel_messages: IntCounterVec,
+    /// The per-packet counters, resolved once: a label lookup hashes on every call.
+    pub fast: FastCounters,
+}
+
+/// Children of the labelled counters that the per-packet path increments.
+#[derive(Clone)]
+pub struct FastCounters {
+    pub dropped_unknown_source: IntCounter,
+    pub dropped_not_negotiated: IntCounter,
+    pub dropped_waiting_for_keyframe: IntCounter,
+    pub dropped_before_start: IntCounter,
+    pub dropped_write_failed: IntCounter,
+    pub dropped_socket_full: IntCounter,
+    pub dropped_send_error: IntCounter,
+}
+
+impl FastCounters {
+    /// The counter for a forwarding decision's drop reason.
+    pub fn dropped(&self, reason: crate::forwarding::DropReason) -> &IntCounter {
+        use crate::forwarding::DropReason;
+        match reason {
+            DropReason::NotNegotiated => &self.dropped_not_negotiated,
+            DropReason::WaitingForKeyframe => &self.dropped_waiting_for_keyframe,
+            DropReason::BeforeStart => &self.dropped_before_start,
+        }
+    }
 }
 
 impl SfuMetrics {
     /// Creates the metrics and registers them.
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let dropped_packets = IntCounterVec::new(
+            Opts::new(
+                "consilium_dropped_packets_total",
+                "Packets not forwarded, by reason",
+            ),
+            &["reason"],
+        )?;
+        let drop = |reason: &str| dropped_packets.with_label_values(&[reason]);
+        let fast = FastCounters {
+            dropped_unknown_source: drop("unknown_source"),
+            dropped_not_negotiated: drop("not_negotiated"),
+            dropped_waiting_for_keyframe: drop("waiting_for_keyframe"),
+            dropped_before_start: drop("before_start"),
+            dropped_write_failed: drop("write_failed"),
+            dropped_socket_full: drop("socket_full"),
+            dropped_send_error: drop("send_error"),
+        };
         let m = Self {
+            fast,
             peers: IntGauge::new("consilium_media_peers", "Media peer connections")?,
             tracks: IntGaugeVec::new(
                 Opts::new("consilium_tracks", "Published tracks being forwarded"),
@@ -37,13 +81,7 @@ impl SfuMetrics {
                 "consilium_forwarded_bytes_total",
                 "RTP payload bytes forwarded to subscribers",
             )?,
-            dropped_packets: IntCounterVec::new(
-                Opts::new(
-                    "consilium_dropped_packets_total",
-                    "Packets not forwarded, by reason",
-                ),
-                &["reason"],
-            )?,
+            dropped_packets,
             rtcp_feedback: IntCounterVec::new(
                 Opts::new(
                     "consilium_rtcp_feedback_total",
