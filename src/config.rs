@@ -6,6 +6,10 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+const DEFAULT_SILENCE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Flags of `consilium serve` (also the default command). Every flag has an environment
 /// variable; a value given nowhere comes from `--config` or the default.
@@ -58,6 +62,11 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     pub room_cap: usize,
     pub web_root: PathBuf,
+    /// A media connection that is not up after this long is dropped.
+    pub media_connect_timeout: Duration,
+    /// A media connection silent for this long is dropped (browsers send consent checks
+    /// every few seconds).
+    pub media_silence_timeout: Duration,
 }
 
 impl Config {
@@ -71,6 +80,8 @@ impl Config {
             jwt_secret: None,
             room_cap: 50,
             web_root: default_web_root(),
+            media_connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            media_silence_timeout: DEFAULT_SILENCE_TIMEOUT,
         }
     }
 
@@ -117,6 +128,8 @@ impl Config {
                 .web_root
                 .or(file.web_root)
                 .unwrap_or_else(default_web_root),
+            media_connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            media_silence_timeout: DEFAULT_SILENCE_TIMEOUT,
         })
     }
 }

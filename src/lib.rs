@@ -63,11 +63,13 @@ impl Server {
 pub async fn start(config: Config) -> anyhow::Result<Server> {
     let metrics = Metrics::new().context("registering metrics")?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (sfu, sfu_handle) = Sfu::bind(
-        SfuConfig::new(config.media_bind, config.advertised_ip),
-        metrics.sfu.clone(),
-    )
-    .with_context(|| format!("binding the media socket {}", config.media_bind))?;
+    let sfu_config = SfuConfig {
+        connect_timeout: config.media_connect_timeout,
+        ice_failed_timeout: config.media_silence_timeout,
+        ..SfuConfig::new(config.media_bind, config.advertised_ip)
+    };
+    let (sfu, sfu_handle) = Sfu::bind(sfu_config, metrics.sfu.clone())
+        .with_context(|| format!("binding the media socket {}", config.media_bind))?;
     let media_addr = sfu_handle.media_addr();
     let media_task = tokio::spawn(sfu.run(shutdown_rx.clone()));
 

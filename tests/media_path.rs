@@ -189,3 +189,31 @@ async fn rooms_are_isolated() {
     assert!(publishers.iter().all(|p| *p == a2.id), "{publishers:?}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_whose_media_never_connects_is_removed() {
+    let server = consilium::start(Config {
+        media_connect_timeout: Duration::from_millis(800),
+        ..Config::for_tests()
+    })
+    .await
+    .unwrap();
+    // A real peer that stays, and a signaling-only client whose ICE never starts.
+    let mut stays = Participant::join(ParticipantConfig::new(&ws_url(&server), "gone", "Stays"))
+        .await
+        .unwrap();
+    let mut ws = common::connect(&server).await;
+    let joined = common::join_ok(&mut ws, "gone", "Ghost", None).await;
+    let ghost = joined["participant_id"].as_str().unwrap().to_owned();
+    let failed = common::wait_for(&mut ws, "media_connection").await;
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(common::expect_close(&mut ws).await, Some(1011));
+    let left = stays
+        .wait_for(WAIT, |e| matches!(e, Event::ParticipantLeft { .. }))
+        .await;
+    assert_eq!(left, Some(Event::ParticipantLeft { id: ghost }));
+    let metrics = http_get(&server, "/metrics").await;
+    assert_eq!(metric(&metrics, "consilium_participants"), 1.0);
+    assert_eq!(metric(&metrics, "consilium_media_peers"), 1.0);
+    server.shutdown().await;
+}

@@ -354,6 +354,8 @@ struct MediaPeer {
     track_counter: u32,
     /// Milestones already reported (bit set by `Milestone::bit`).
     milestones: u8,
+    /// When the last datagram from this peer arrived.
+    last_heard: Instant,
 }
 
 impl MediaPeer {
@@ -585,6 +587,7 @@ impl Engine {
                 deadline: None,
                 track_counter: 0,
                 milestones: 0,
+                last_heard: now,
             },
         );
         self.metrics.peers.inc();
@@ -777,6 +780,7 @@ impl Engine {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
+        peer.last_heard = now;
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -1126,18 +1130,22 @@ impl Engine {
                 dirty.push(source.publisher);
             }
         }
-        // A peer that never connected (a closed tab, a blocked port) is not kept forever.
-        let stale: Vec<PeerKey> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| {
-                p.state == ConnectionState::Connecting
-                    && now.saturating_duration_since(p.created) > self.config.connect_timeout
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for key in stale {
-            self.remove(key, Some("media connection never came up"));
+        // A peer that never connected (a blocked port) or went silent (a closed tab, a lost
+        // network: the ICE-lite agent itself waits far longer) is not kept.
+        let mut stale = Vec::new();
+        for (key, p) in &self.peers {
+            if p.state == ConnectionState::Connecting
+                && now.saturating_duration_since(p.created) > self.config.connect_timeout
+            {
+                stale.push((*key, "media connection never came up"));
+            } else if p.state != ConnectionState::Connecting
+                && now.saturating_duration_since(p.last_heard) > self.config.ice_failed_timeout
+            {
+                stale.push((*key, "media connection went silent"));
+            }
+        }
+        for (key, reason) in stale {
+            self.remove(key, Some(reason));
         }
     }
 
