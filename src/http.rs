@@ -36,6 +36,13 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let (rooms, participants) = state.rooms.counts();
     state.metrics.rooms.set(rooms as i64);
     state.metrics.participants.set(participants as i64);
+    for (role, n) in state.rooms.counts_by_role() {
+        state
+            .metrics
+            .participants_by_role
+            .with_label_values(&[role.as_str()])
+            .set(n as i64);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

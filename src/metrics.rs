@@ -3,7 +3,8 @@
 
 use consilium_sfu::SfuMetrics;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// All metrics of one server.
@@ -12,6 +13,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub rooms: IntGauge,
     pub participants: IntGauge,
+    pub participants_by_role: IntGaugeVec,
     pub websockets: IntGauge,
     pub signaling_messages: IntCounterVec,
     pub signaling_errors: IntCounterVec,
@@ -26,6 +28,14 @@ impl Metrics {
         let registry = Registry::new();
         let rooms = IntGauge::new("consilium_rooms", "Rooms with at least one participant")?;
         let participants = IntGauge::new("consilium_participants", "Participants in rooms")?;
+        let participants_by_role = IntGaugeVec::new(
+            Opts::new(
+                "consilium_participants_by_role",
+                "Participants in rooms, by role",
+            ),
+            &["role"],
+        )?;
+        registry.register(Box::new(participants_by_role.clone()))?;
         let websockets = IntGauge::new("consilium_websockets", "Open signaling WebSockets")?;
         let signaling_messages = IntCounterVec::new(
             Opts::new(
@@ -67,6 +77,7 @@ impl Metrics {
             registry,
             rooms,
             participants,
+            participants_by_role,
             websockets,
             signaling_messages,
             signaling_errors,

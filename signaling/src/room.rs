@@ -201,6 +201,24 @@ impl RoomRegistry {
         let rooms = self.lock();
         (rooms.len(), rooms.values().map(|r| r.members.len()).sum())
     }
+
+    /// Participants per role across all rooms, for metrics.
+    pub fn counts_by_role(&self) -> [(Role, usize); 4] {
+        let mut out = [
+            (Role::Host, 0),
+            (Role::Presenter, 0),
+            (Role::Participant, 0),
+            (Role::Observer, 0),
+        ];
+        for room in self.lock().values() {
+            for member in room.members.values() {
+                if let Some(slot) = out.iter_mut().find(|(r, _)| *r == member.info.role) {
+                    slot.1 += 1;
+                }
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -240,6 +258,8 @@ mod tests {
             ServerMessage::ParticipantLeft { participant_id } if participant_id == b.id
         ));
         assert_eq!(reg.counts(), (1, 1));
+        assert_eq!(reg.counts_by_role()[0], (Role::Host, 1));
+        assert_eq!(reg.counts_by_role()[2], (Role::Participant, 0));
         reg.leave("r", &a.id);
         reg.leave("r", &a.id);
         assert_eq!(reg.counts(), (0, 0));
