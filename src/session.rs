@@ -431,6 +431,17 @@ impl Session {
 
     /// Relays a data channel message to the rest of the room, stamped with its sender.
     async fn relay_data(&self, room: &str, from: &ParticipantId, text: bool, data: Bytes) {
+        if data.len() > MAX_FRAME_BYTES {
+            let error = serde_json::json!({"error": {
+                "code": "message_too_big",
+                "message": format!("data channel messages are at most {MAX_FRAME_BYTES} bytes")
+            }});
+            self.state
+                .sfu
+                .send_data(vec![from.to_string()], Bytes::from(error.to_string()))
+                .await;
+            return;
+        }
         let parsed = if text {
             serde_json::from_slice::<serde_json::Value>(&data)
                 .ok()

@@ -217,3 +217,33 @@ async fn a_participant_whose_media_never_connects_is_removed() {
     assert_eq!(metric(&metrics, "consilium_media_peers"), 1.0);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_channel_refuses_non_json_and_oversized_messages_without_relaying() {
+    let server = server().await;
+    let url = ws_url(&server);
+    let mut a = Participant::join(ParticipantConfig::new(&url, "dc", "A"))
+        .await
+        .unwrap();
+    let mut b = Participant::join(ParticipantConfig::new(&url, "dc", "B"))
+        .await
+        .unwrap();
+    wait_for_media(&mut a, &b.id).await;
+    a.send_data(&json!("just a string"));
+    let reply = a.wait_for(WAIT, |e| matches!(e, Event::Data(_))).await;
+    let Some(Event::Data(reply)) = reply else {
+        panic!("no error reply")
+    };
+    assert_eq!(reply["error"]["code"], "bad_message", "{reply}");
+    // Over 64 KiB: refused by SCTP's negotiated maximum or by the server (which answers
+    // `message_too_big`); either way never relayed.
+    a.send_data(&json!({"blob": "x".repeat(70 * 1024)}));
+    // A valid message still goes through, and it is the first thing B receives.
+    a.send_data(&json!({"ok": 1}));
+    let got = b.wait_for(WAIT, |e| matches!(e, Event::Data(_))).await;
+    assert_eq!(
+        got,
+        Some(Event::Data(json!({"from": a.id, "msg": {"ok": 1}})))
+    );
+    server.shutdown().await;
+}
