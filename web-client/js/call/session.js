@@ -145,7 +145,7 @@ export class Session extends Emitter {
     const sig = new Signaling(this.url);
     this.signaling = sig;
     this._bindSignaling(sig, gen);
-    const wsOpen = sig.open().then(() => mark('ws_open'));
+    const wsOpen = sig.open().then(() => mark('ws_open', sig.openedAt ?? undefined));
     wsOpen.catch(() => {}); // awaited below; the close handler also reports it
     this._update();
 

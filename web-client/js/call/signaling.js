@@ -45,6 +45,27 @@ export function signalingUrl(loc = window.location) {
 
 export const PROTOCOL_VERSION = 1;
 
+/**
+ * The WebSocket index.html opened at page start for a deep link, if it is for `url` and still
+ * usable: {ws, openedAt, messages, detach()}. Taken once; a rejoin opens a fresh socket.
+ */
+function takeEarlySocket(url) {
+  const early = globalThis.__consiliumEarlySocket;
+  if (!early) return null;
+  globalThis.__consiliumEarlySocket = null;
+  const ws = early.ws;
+  if (ws && ws.url === url && (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN)) {
+    return early;
+  }
+  early.detach?.();
+  try {
+    ws?.close();
+  } catch {
+    /* already closed */
+  }
+  return null;
+}
+
 export class Signaling extends Emitter {
   /** @param {string} url */
   constructor(url) {
@@ -53,20 +74,29 @@ export class Signaling extends Emitter {
     /** @type {WebSocket | null} */
     this.ws = null;
     this.closedByUs = false;
+    /** performance.now() when the socket opened. */
+    this.openedAt = null;
   }
 
-  /** Opens the socket. Resolves on open, rejects if it closes or errors first. */
+  /**
+   * Opens the socket (or adopts the one the page opened at start). Resolves on open,
+   * rejects if it closes or errors first.
+   */
   open() {
     if (this.ws) throw new Error('signaling socket already opened');
-    const ws = new WebSocket(this.url);
+    const early = takeEarlySocket(this.url);
+    const ws = early ? early.ws : new WebSocket(this.url);
     this.ws = ws;
     return new Promise((resolve, reject) => {
       let opened = false;
-      ws.addEventListener('open', () => {
+      const onOpen = (at) => {
+        if (opened) return;
         opened = true;
+        this.openedAt = at;
         this.emit('open');
         resolve();
-      });
+      };
+      ws.addEventListener('open', () => onOpen(performance.now()));
       ws.addEventListener('message', (ev) => this.#onMessage(ev));
       ws.addEventListener('error', () => {
         if (!opened) reject(new Error(`cannot connect to ${this.url}`));
@@ -80,6 +110,12 @@ export class Signaling extends Emitter {
           byUs: this.closedByUs,
         });
       });
+      if (early) {
+        // Events the early socket already dispatched are not dispatched again.
+        early.detach();
+        if (ws.readyState === WebSocket.OPEN) onOpen(early.openedAt ?? performance.now());
+        for (const ev of early.messages.splice(0)) this.#onMessage(ev);
+      }
     });
   }
 
