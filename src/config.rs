@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// Directory of the web client [default: the web-client/ folder of this source tree].
     #[arg(long, env = "CONSILIUM_WEB_ROOT")]
     pub web_root: Option<PathBuf>,
+    /// Directory for everything users make: uploaded studies, annotations, decisions
+    /// [default: ./data]. Created if missing.
+    #[arg(long, env = "CONSILIUM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -51,6 +55,7 @@ struct FileConfig {
     jwt_secret: Option<String>,
     room_cap: Option<usize>,
     web_root: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
 }
 
 /// The resolved configuration the server runs with.
@@ -62,6 +67,8 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     pub room_cap: usize,
     pub web_root: PathBuf,
+    /// Where studies, annotations and the databases live.
+    pub data_dir: PathBuf,
     /// A media connection that is not up after this long is dropped.
     pub media_connect_timeout: Duration,
     /// A media connection silent for this long is dropped (browsers send consent checks
@@ -80,6 +87,7 @@ impl Config {
             jwt_secret: None,
             room_cap: 50,
             web_root: default_web_root(),
+            data_dir: test_data_dir(),
             media_connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             media_silence_timeout: DEFAULT_SILENCE_TIMEOUT,
         }
@@ -128,10 +136,26 @@ impl Config {
                 .web_root
                 .or(file.web_root)
                 .unwrap_or_else(default_web_root),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("data")),
             media_connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             media_silence_timeout: DEFAULT_SILENCE_TIMEOUT,
         })
     }
+}
+
+/// A fresh, empty directory under the system temp dir, one per call, so that tests running
+/// servers side by side never share a database.
+fn test_data_dir() -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    std::env::temp_dir().join(format!(
+        "consilium-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 /// The web client next to the sources when run with cargo, else `./web-client`.
