@@ -5,6 +5,10 @@ import { TileGrid, SelfView } from './call/tiles.js';
 import { Controls } from './call/controls.js';
 import { ConnectionIndicator } from './call/indicator.js';
 import { timings } from './call/timings.js';
+import { Viewer } from './viewer/viewer.js';
+import { Uploader } from './viewer/upload.js';
+import { ViewerSync, STUDIES_CHANGED } from './viewer/sync.js';
+import { AnnotationLayer } from './annotation/layer.js';
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -23,8 +27,8 @@ const ERROR_TITLES = {
 
 const indicator = new ConnectionIndicator($('#connection-state'));
 
-/** @type {{session: Session|null, tiles: TileGrid|null, self: SelfView|null, controls: Controls|null}} */
-const current = { session: null, tiles: null, self: null, controls: null };
+/** @type {{session: Session|null, tiles: TileGrid|null, self: SelfView|null, controls: Controls|null, viewer: Viewer|null, sync: ViewerSync|null, annotations: AnnotationLayer|null, viewerCleanup: (() => void)|null}} */
+const current = { session: null, tiles: null, self: null, controls: null, viewer: null, sync: null, annotations: null, viewerCleanup: null };
 
 window.consilium = {
   get session() {
@@ -40,6 +44,27 @@ window.consilium = {
     return current.session?.state ?? 'idle';
   },
   timings,
+};
+
+// Test and debugging hook of the shared viewer.
+window.consiliumViewer = {
+  get viewer() {
+    return current.viewer;
+  },
+  get sync() {
+    return current.sync;
+  },
+  /** The ViewerState this page shows. */
+  state: () => current.viewer?.getState() ?? null,
+  annotations: () => current.annotations?.list() ?? [],
+  seq: () => current.sync?.seq ?? null,
+  isFollowing: () => !!current.sync && current.sync.following && !!current.sync.presenter && !current.sync.isPresenter,
+  isPresenter: () => !!current.sync?.isPresenter,
+  presenter: () => current.sync?.presenter ?? null,
+  synced: () => !!current.sync?.synced,
+  metrics: () => ({ ...(current.viewer?.metrics ?? {}) }),
+  /** Whether every viewport with a series has its current slice decoded and drawn. */
+  ready: () => !!current.viewer && current.viewer.viewports.every((v) => !v.series || (v.frame && v.el.dataset.loaded === 'true')),
 };
 
 // ------------------------------------------------------------------ banners
@@ -105,6 +130,10 @@ function updateRoomCount() {
 // ------------------------------------------------------------------ call
 
 function disposeCall() {
+  current.viewerCleanup?.();
+  current.viewerCleanup = null;
+  current.sync?.destroy();
+  current.sync = current.viewer = current.annotations = null;
   current.tiles?.destroy();
   current.self?.destroy();
   current.controls?.destroy();
@@ -142,6 +171,8 @@ function startCall({ room, name, token }) {
     }),
   );
 
+  startViewer(session, { room, token });
+
   session.on('participants', updateRoomCount);
   session.on('joined', updateRoomCount);
   session.on('error', (err) => showError(err));
@@ -164,6 +195,74 @@ function startCall({ room, name, token }) {
     console.error('[consilium] could not start the call', err);
     showError({ code: 'internal', message: String(err?.message ?? err) });
   });
+}
+
+// ------------------------------------------------------------------ shared viewer
+
+/** The viewer becomes the main stage (video in a strip beside it) once the room has images. */
+function setViewerShown(on) {
+  const view = $('#call-view');
+  view.dataset.viewer = on ? 'on' : 'off';
+  $('#viewer').hidden = !on;
+  const btn = $('#viewer-btn');
+  btn.setAttribute('aria-pressed', String(on));
+  btn.querySelector('.btn-text').textContent = on ? 'Hide images' : 'Images';
+}
+
+function startViewer(session, { room, token }) {
+  const root = $('#viewer');
+  root.replaceChildren();
+  const viewer = new Viewer(root, { room, token });
+  const annotations = new AnnotationLayer(viewer, {
+    send: (msg) => session.sendData(msg),
+    me: () => ({ id: session.participantId, name: session.name, role: session.role }),
+  });
+  const sync = new ViewerSync(session, viewer, annotations);
+  current.viewer = viewer;
+  current.annotations = annotations;
+  current.sync = sync;
+  let userHidden = false;
+  $('#strip').prepend(viewer.syncEl);
+
+  new Uploader(viewer, {
+    onStored: async (studies) => {
+      await viewer.refresh();
+      session.sendData({ type: STUDIES_CHANGED });
+      const st = viewer.studies.find((x) => studies.includes(x.uid)) ?? viewer.studies.at(-1);
+      const se = st?.series[0];
+      if (se && (!viewer.activeViewport.series || studies.length)) viewer.openSeries(st.uid, se.uid, viewer.active, { local: true });
+    },
+  });
+  viewer.on('studies', (n) => {
+    if (n > 0 && !userHidden) setViewerShown(true);
+    if (n > 0) viewer.openDefault();
+  });
+  viewer.on('error', ({ message }) => viewer.toast(message, { kind: 'error', ms: 8000 }));
+
+  const btn = $('#viewer-btn');
+  const onBtn = () => {
+    const on = $('#viewer').hidden;
+    userHidden = !on;
+    setViewerShown(on);
+  };
+  btn.addEventListener('click', onBtn);
+  // Files dragged onto the call before any study exists open the (empty) viewer to drop on.
+  const stage = $('#stage');
+  const onDrag = (ev) => {
+    if ([...(ev.dataTransfer?.types ?? [])].includes('Files') && $('#viewer').hidden) {
+      setViewerShown(true);
+    }
+  };
+  stage.addEventListener('dragenter', onDrag);
+  current.viewerCleanup = () => {
+    btn.removeEventListener('click', onBtn);
+    stage.removeEventListener('dragenter', onDrag);
+    setViewerShown(false);
+    viewer.syncEl.remove();
+    root.replaceChildren();
+  };
+  setViewerShown(false);
+  viewer.refresh();
 }
 
 // Best effort: tell the server right away when the page goes away.

@@ -7,7 +7,7 @@
 // `joined` it only answers the server's offers.
 //
 // Events (via .on): state, participants, remote-media, local-media, joined, error,
-// media-error, data, ended.
+// media-error, data, data-open, data-close, ended.
 
 import { Emitter, Signaling, signalingUrl } from './signaling.js';
 import { mark, onMark, takeClientTimings, timings } from './timings.js';
@@ -191,6 +191,13 @@ export class Session extends Emitter {
     }
     const dc = pc.createDataChannel('consilium', { negotiated: true, id: 0, ordered: true });
     this.dataChannel = dc;
+    // The viewer sync says `hello` on every (re)opened channel.
+    dc.addEventListener('open', () => {
+      if (gen === this._gen) this.emit('data-open', dc);
+    });
+    dc.addEventListener('close', () => {
+      if (gen === this._gen) this.emit('data-close', dc);
+    });
     dc.addEventListener('message', (ev) => {
       if (gen !== this._gen) return;
       try {

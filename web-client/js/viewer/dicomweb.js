@@ -1,0 +1,178 @@
+// DICOMweb client for the Consilium server (docs/dicomweb.md): QIDO-RS searches, WADO-RS
+// metadata and decoded frames, STOW-RS upload. Every request names the room (the server
+// keeps studies per room) and carries the invitation token when there is one.
+
+/** Explicit VR little endian: the only transfer syntax the viewer decodes itself. */
+export const RAW_TS = '1.2.840.10008.1.2.1';
+
+// Some DICOMweb servers only answer frames as multipart; ask for both, parse either.
+const FRAME_ACCEPT =
+  `application/octet-stream; transfer-syntax=${RAW_TS}, ` +
+  `multipart/related; type="application/octet-stream"; transfer-syntax=${RAW_TS}`;
+
+export class DicomWebError extends Error {
+  constructor(message, status, body = null) {
+    super(message);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+export class DicomWeb {
+  /**
+   * @param {{room: string, token?: string|null, base?: string}} opts
+   */
+  constructor({ room, token = null, base = '/dicomweb' }) {
+    this.room = room;
+    this.token = token || null;
+    this.base = base;
+  }
+
+  _headers(accept) {
+    const h = { Accept: accept };
+    if (this.token) h.Authorization = `Bearer ${this.token}`;
+    return h;
+  }
+
+  _url(path) {
+    const sep = path.includes('?') ? '&' : '?';
+    return `${this.base}${path}${sep}room=${encodeURIComponent(this.room)}`;
+  }
+
+  async _json(path, { signal } = {}) {
+    const res = await fetch(this._url(path), { headers: this._headers('application/dicom+json, application/json'), signal });
+    if (res.status === 204) return [];
+    if (!res.ok) throw new DicomWebError(`${res.status} ${res.statusText} for ${path}`, res.status, await res.text().catch(() => ''));
+    const text = await res.text();
+    return text ? JSON.parse(text) : [];
+  }
+
+  studies(opts) {
+    return this._json('/studies', opts);
+  }
+
+  series(study, opts) {
+    return this._json(`/studies/${enc(study)}/series`, opts);
+  }
+
+  instances(study, series, opts) {
+    return this._json(`/studies/${enc(study)}/series/${enc(series)}/instances`, opts);
+  }
+
+  metadata(study, series, opts) {
+    return this._json(`/studies/${enc(study)}/series/${enc(series)}/metadata`, opts);
+  }
+
+  /** One decoded frame (1-based), as an ArrayBuffer of little-endian stored values. */
+  async frame(study, series, sop, n = 1, { signal } = {}) {
+    const path = `/studies/${enc(study)}/series/${enc(series)}/instances/${enc(sop)}/frames/${n}`;
+    const res = await fetch(this._url(path), { headers: this._headers(FRAME_ACCEPT), signal });
+    if (!res.ok) throw new DicomWebError(`${res.status} ${res.statusText} for frame ${n} of ${sop}`, res.status);
+    const buf = await res.arrayBuffer();
+    const type = res.headers.get('content-type') || '';
+    if (/^multipart\//i.test(type)) return firstPart(new Uint8Array(buf), type);
+    return buf;
+  }
+
+  /**
+   * STOW-RS: one multipart/related request of application/dicom parts (or a zip as is).
+   * Resolves with the server's response dataset (ReferencedSOPSequence, FailedSOPSequence).
+   */
+  async store(files, { onProgress } = {}) {
+    const zip = files.length === 1 && isZip(files[0]);
+    let body;
+    let type;
+    if (zip) {
+      body = files[0];
+      type = 'application/zip';
+    } else {
+      const boundary = `consilium-${crypto.getRandomValues(new Uint32Array(2)).join('')}`;
+      const parts = [];
+      for (const f of files) {
+        parts.push(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`, f, '\r\n');
+      }
+      parts.push(`--${boundary}--\r\n`);
+      body = new Blob(parts);
+      type = `multipart/related; type="application/dicom"; boundary=${boundary}`;
+    }
+    onProgress?.({ phase: 'uploading', bytes: body.size });
+    const headers = { 'Content-Type': type, Accept: 'application/dicom+json, application/json' };
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    const res = await fetch(this._url('/studies'), { method: 'POST', headers, body });
+    const text = await res.text().catch(() => '');
+    let json = null;
+    try {
+      json = text ? JSON.parse(text) : null;
+    } catch {
+      /* not JSON: reported below */
+    }
+    // 202 = some instances failed, 409 = all failed; both carry FailedSOPSequence.
+    if (!res.ok && !json) throw new DicomWebError(`${res.status} ${res.statusText}${text ? `: ${text.slice(0, 300)}` : ''}`, res.status, text);
+    return { status: res.status, result: json ?? {} };
+  }
+}
+
+function enc(uid) {
+  return encodeURIComponent(uid);
+}
+
+function isZip(file) {
+  return /\.zip$/i.test(file.name || '') || file.type === 'application/zip' || file.type === 'application/x-zip-compressed';
+}
+
+/** The body of the first part of a multipart/related response. */
+function firstPart(bytes, contentType) {
+  const m = /boundary="?([^";]+)"?/i.exec(contentType);
+  if (!m) throw new DicomWebError('multipart response without boundary', 0);
+  const delim = new TextEncoder().encode(`--${m[1]}`);
+  const start = indexOf(bytes, delim, 0);
+  if (start < 0) throw new DicomWebError('multipart response without parts', 0);
+  const headersEnd = indexOf(bytes, new Uint8Array([13, 10, 13, 10]), start);
+  if (headersEnd < 0) throw new DicomWebError('malformed multipart part', 0);
+  const bodyStart = headersEnd + 4;
+  let end = indexOf(bytes, delim, bodyStart);
+  if (end < 0) end = bytes.length;
+  if (end >= 2 && bytes[end - 2] === 13 && bytes[end - 1] === 10) end -= 2;
+  return bytes.slice(bodyStart, end).buffer;
+}
+
+function indexOf(hay, needle, from) {
+  const n0 = needle[0];
+  outer: for (let i = from; i <= hay.length - needle.length; i++) {
+    if (hay[i] !== n0) continue;
+    for (let j = 1; j < needle.length; j++) if (hay[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  return -1;
+}
+
+// ---------------------------------------------------------------- DICOM JSON
+
+/** First value of a tag ("00100010") in a DICOM JSON dataset; PN as its alphabetic form. */
+export function tagValue(ds, tag, fallback = null) {
+  const el = ds?.[tag];
+  const v = el?.Value?.[0];
+  if (v === undefined || v === null) return fallback;
+  if (el.vr === 'PN' && typeof v === 'object') return v.Alphabetic ?? fallback;
+  return v;
+}
+
+/** All values of a tag, or null. */
+export function tagValues(ds, tag) {
+  const v = ds?.[tag]?.Value;
+  return Array.isArray(v) && v.length ? v : null;
+}
+
+/** "Doe^John^^Dr" → "Doe, John". */
+export function formatName(pn) {
+  if (!pn) return '';
+  const [family = '', given = '', middle = '', prefix = '', suffix = ''] = String(pn).split('^');
+  const rest = [prefix, given, middle].filter(Boolean).join(' ');
+  return [family, rest].filter(Boolean).join(', ') + (suffix ? ` ${suffix}` : '');
+}
+
+/** "20250131" → "2025-01-31". */
+export function formatDate(da) {
+  const s = String(da || '');
+  return /^\d{8}$/.test(s) ? `${s.slice(0, 4)}-${s.slice(4, 6)}-${s.slice(6, 8)}` : s;
+}

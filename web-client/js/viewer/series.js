@@ -1,0 +1,216 @@
+// Series: one DICOM series as a stack of slices (its WADO metadata in slice order, each
+// instance's frames in turn), and the frame loader: a small shared pool of HTTP requests
+// that fetches the slice on screen first, then outward from it, and keeps every decoded
+// frame (typed arrays of stored values) so scrolling and window/level never hit the network.
+
+import { Emitter } from '../call/signaling.js';
+import { tagValue, tagValues } from './dicomweb.js';
+
+const POOL_SIZE = 6; // the browser's per-host HTTP/1.1 connection limit
+
+export class Series extends Emitter {
+  /**
+   * @param {import('./dicomweb.js').DicomWeb} api
+   * @param {string} study
+   * @param {string} uid
+   * @param {object[]} metadata  DICOM JSON datasets, in slice order
+   */
+  constructor(api, study, uid, metadata) {
+    super();
+    this.api = api;
+    this.study = study;
+    this.uid = uid;
+    const first = metadata[0] ?? {};
+    this.first = first;
+    this.patientName = tagValue(first, '00100010', '');
+    this.patientId = tagValue(first, '00100020', '');
+    this.patientBirthDate = tagValue(first, '00100030', '');
+    this.patientSex = tagValue(first, '00100040', '');
+    this.studyDate = tagValue(first, '00080020', '');
+    this.studyDescription = tagValue(first, '00081030', '');
+    this.institution = tagValue(first, '00080080', '');
+    this.description = tagValue(first, '0008103E', '');
+    this.modality = tagValue(first, '00080060', '');
+    this.number = tagValue(first, '00200011', null);
+    this.rows = Number(tagValue(first, '00280010', 0));
+    this.cols = Number(tagValue(first, '00280011', 0));
+    this.bitsAllocated = Number(tagValue(first, '00280100', 16));
+    this.signed = Number(tagValue(first, '00280103', 0)) === 1;
+    this.samples = Number(tagValue(first, '00280002', 1));
+    this.photometric = tagValue(first, '00280004', 'MONOCHROME2');
+    const ps = tagValues(first, '00280030') ?? tagValues(first, '00181164');
+    /** [row spacing, column spacing] in mm, or null when the image is not calibrated. */
+    this.pixelSpacing = ps ? [Number(ps[0]), Number(ps[1] ?? ps[0])] : null;
+    this.sliceThickness = tagValue(first, '00180050', null);
+    const iop = tagValues(first, '00200037');
+    this.orientation = iop && iop.length === 6 ? iop.map(Number) : null;
+    this.units = this.modality === 'CT' ? 'HU' : tagValue(first, '00281054', '') || '';
+
+    /** One entry per slice: {sop, frame (1-based), slope, intercept, position, ds}. */
+    this.slices = [];
+    for (const ds of metadata) {
+      const sop = tagValue(ds, '00080018');
+      const nFrames = Math.max(1, Number(tagValue(ds, '00280008', 1)) || 1);
+      const slope = Number(tagValue(ds, '00281053', 1)) || 1;
+      const intercept = Number(tagValue(ds, '00281052', 0)) || 0;
+      const ipp = tagValues(ds, '00200032');
+      for (let f = 1; f <= nFrames; f++) {
+        this.slices.push({ sop, frame: f, slope, intercept, position: ipp ? ipp.map(Number) : null, ds });
+      }
+    }
+    const wc = Number(tagValue(first, '00281050', NaN));
+    const ww = Number(tagValue(first, '00281051', NaN));
+    this.defaultWindow = Number.isFinite(wc) && Number.isFinite(ww) && ww > 0 ? { ww, wc } : null;
+
+    /** Decoded frames by slice index (Int16Array | Uint16Array | Uint8Array), null until loaded. */
+    this.frames = new Array(this.slices.length).fill(null);
+    this.failed = new Array(this.slices.length).fill(false);
+    this.loaded = 0;
+    this._inFlight = new Set();
+    /** Slice the loader works outward from. */
+    this.focus = Math.floor(this.slices.length / 2);
+    /** 0 = shown in a viewport (load everything), 1 = thumbnail only (load the focus). */
+    this.priority = 1;
+    this.firstFrameMs = null;
+    this.allFramesMs = null;
+    this._openedAt = performance.now();
+  }
+
+  static async open(api, study, uid) {
+    const metadata = await api.metadata(study, uid);
+    if (!Array.isArray(metadata) || !metadata.length) throw new Error(`series ${uid} has no instances`);
+    return new Series(api, study, uid, metadata);
+  }
+
+  get length() {
+    return this.slices.length;
+  }
+
+  get isColor() {
+    return this.samples === 3;
+  }
+
+  /** Rescaled value (HU for CT) of a stored value on a slice. */
+  rescale(index, stored) {
+    const s = this.slices[index];
+    return stored * s.slope + s.intercept;
+  }
+
+  /** The loader should work outward from `index` (and, at priority 0, load the whole stack). */
+  setFocus(index, priority = this.priority) {
+    this.focus = Math.max(0, Math.min(this.length - 1, index | 0));
+    this.priority = Math.min(this.priority, priority);
+    framePool.kick();
+  }
+
+  /** Resolves with the frame of a slice, fetching it ahead of everything else if needed. */
+  frameAt(index) {
+    if (this.frames[index]) return Promise.resolve(this.frames[index]);
+    return new Promise((resolve, reject) => {
+      const off = this.on('frame', (i) => {
+        if (i !== index) return;
+        off();
+        offFail();
+        resolve(this.frames[index]);
+      });
+      const offFail = this.on('frame-failed', ({ index: i, error }) => {
+        if (i !== index) return;
+        off();
+        offFail();
+        reject(error);
+      });
+      this.setFocus(index, Math.min(this.priority, 1));
+    });
+  }
+
+  /** Next slice to fetch: the nearest missing one to the focus (priority 1: the focus only). */
+  _next() {
+    const n = this.length;
+    const want = (i) => i >= 0 && i < n && !this.frames[i] && !this.failed[i] && !this._inFlight.has(i);
+    if (want(this.focus)) return this.focus;
+    if (this.priority > 0) return -1;
+    for (let d = 1; d < n; d++) {
+      if (want(this.focus + d)) return this.focus + d;
+      if (want(this.focus - d)) return this.focus - d;
+    }
+    return -1;
+  }
+
+  async _load(index) {
+    this._inFlight.add(index);
+    const s = this.slices[index];
+    try {
+      const buf = await this.api.frame(this.study, this.uid, s.sop, s.frame);
+      this.frames[index] = this._decode(buf);
+      this.loaded++;
+      const now = performance.now();
+      if (this.firstFrameMs === null) this.firstFrameMs = now - this._openedAt;
+      if (this.loaded === this.length) this.allFramesMs = now - this._openedAt;
+      this.emit('frame', index);
+    } catch (error) {
+      console.warn(`[consilium] frame ${index} of series ${this.uid} failed`, error);
+      this.failed[index] = true;
+      this.emit('frame-failed', { index, error });
+    } finally {
+      this._inFlight.delete(index);
+    }
+  }
+
+  _decode(buf) {
+    const n = this.rows * this.cols * this.samples;
+    if (this.bitsAllocated === 8) {
+      if (buf.byteLength < n) throw new Error(`frame has ${buf.byteLength} bytes, expected ${n}`);
+      return new Uint8Array(buf, 0, n);
+    }
+    if (buf.byteLength < n * 2) throw new Error(`frame has ${buf.byteLength} bytes, expected ${n * 2}`);
+    // Typed arrays use the platform's byte order; every browser platform is little-endian.
+    return this.signed ? new Int16Array(buf, 0, n) : new Uint16Array(buf, 0, n);
+  }
+}
+
+/** The shared pool: series shown in a viewport first, the rest (thumbnails) after. */
+class FramePool {
+  constructor(size) {
+    this.size = size;
+    this.active = 0;
+    /** @type {Set<Series>} */
+    this.series = new Set();
+  }
+
+  add(series) {
+    this.series.add(series);
+    this.kick();
+  }
+
+  remove(series) {
+    this.series.delete(series);
+  }
+
+  kick() {
+    while (this.active < this.size) {
+      const job = this._pick();
+      if (!job) return;
+      this.active++;
+      job.series._load(job.index).finally(() => {
+        this.active--;
+        this.kick();
+      });
+    }
+  }
+
+  _pick() {
+    // Focus slices of every series first (what is on screen, then thumbnails), then the rest.
+    const list = [...this.series].sort((a, b) => a.priority - b.priority);
+    for (const s of list) {
+      const i = s.frames[s.focus] || s.failed[s.focus] || s._inFlight.has(s.focus) ? -1 : s.focus;
+      if (i >= 0) return { series: s, index: i };
+    }
+    for (const s of list) {
+      const i = s._next();
+      if (i >= 0) return { series: s, index: i };
+    }
+    return null;
+  }
+}
+
+export const framePool = new FramePool(POOL_SIZE);
