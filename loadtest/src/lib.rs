@@ -5,12 +5,15 @@
 //! use it to prove the media path end to end, the `loadtest` binary to measure connect
 //! time and capacity ([`connect`], [`report`]) and to emulate a WAN in user space ([`wan`]).
 
+pub mod clips;
 pub mod connect;
 pub mod media;
 pub mod participant;
 pub mod report;
 pub mod stats;
 pub mod units;
+pub mod voice;
+pub mod vp8;
 pub mod wan;
 
 pub use participant::{Event, Kind, Participant, ParticipantConfig};

@@ -3,12 +3,13 @@
 //! Packets look like their codec to the SFU (a VP8 keyframe starts like one, so the
 //! forwarder's keyframe gate works) and end in an 8-byte send-time trailer, so the
 //! receiver measures one-way latency through the SFU on the same clock. Real encoded
-//! Opus and VP8 (for realistic packet-size mixes) come with the capacity scenarios.
+//! Opus and VP8 (for realistic packet-size mixes) are in [`crate::voice`] and
+//! [`crate::vp8`]; they reuse the trailer and packet helpers here.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rtc::rtp::Packet;
 use rtc::rtp::header::Header;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A source of RTP packets for one track, called once per frame interval.
 pub trait MediaSource {
@@ -16,10 +17,16 @@ pub trait MediaSource {
     fn next_packets(&mut self, ssrc: u32, payload_type: u8) -> Vec<Packet>;
     /// The receiving side lost sync: make the next frame a keyframe.
     fn request_keyframe(&mut self) {}
+    /// How often [`MediaSource::next_packets`] is called: one frame's duration.
+    fn frame_interval(&self) -> Duration {
+        Duration::from_millis(20)
+    }
 }
 
 const TRAILER_MAGIC: u16 = 0xC0DE;
-const TRAILER_LEN: usize = 10;
+/// Bytes the send-time trailer adds to every payload (a magic and a µs timestamp); the
+/// SFU forwards payloads untouched, so the receiver finds it where the sender put it.
+pub const TRAILER_LEN: usize = 10;
 
 fn now_micros() -> u64 {
     SystemTime::now()
@@ -28,7 +35,7 @@ fn now_micros() -> u64 {
         .unwrap_or(0)
 }
 
-fn with_trailer(mut body: BytesMut) -> Bytes {
+pub(crate) fn with_trailer(mut body: BytesMut) -> Bytes {
     body.put_u16(TRAILER_MAGIC);
     body.put_u64(now_micros());
     body.freeze()
@@ -47,7 +54,7 @@ pub fn read_send_time(payload: &[u8]) -> Option<f64> {
     Some(now_micros().saturating_sub(sent) as f64 / 1000.0)
 }
 
-fn packet(ssrc: u32, pt: u8, seq: u16, ts: u32, marker: bool, payload: Bytes) -> Packet {
+pub(crate) fn packet(ssrc: u32, pt: u8, seq: u16, ts: u32, marker: bool, payload: Bytes) -> Packet {
     Packet {
         header: Header {
             version: 2,
@@ -160,6 +167,10 @@ impl MediaSource for SyntheticVideo {
 
     fn request_keyframe(&mut self) {
         self.keyframe_requested = true;
+    }
+
+    fn frame_interval(&self) -> Duration {
+        Duration::from_millis(33)
     }
 }
 

@@ -1,8 +1,16 @@
 //! A synthetic participant: a real WebRTC peer (the `rtc` stack on its own UDP socket)
 //! that joins through the normal signaling, publishes audio and video, subscribes to
 //! everyone else, and records what it receives and when.
+//!
+//! It publishes synthetic frames by default (cheap, for behaviour tests) or real encoded
+//! Opus and VP8 ([`ParticipantConfig::media`]) for capacity runs, and measures per received
+//! stream what a receiver report would: loss, jitter, and one-way latency.
 
+use crate::clips::EncodedMedia;
 use crate::media::{MediaSource, SyntheticAudio, SyntheticVideo, read_send_time};
+use crate::stats::{LatencyHistogram, StreamQuality};
+use crate::voice::ClipAudio;
+use crate::vp8::ClipVideo;
 use anyhow::{Context, anyhow, bail};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
@@ -46,6 +54,13 @@ pub struct ParticipantConfig {
     pub token: Option<String>,
     pub publish_audio: bool,
     pub publish_video: bool,
+    /// Also publish a screen share (a second video track), as a presenter does.
+    pub publish_screen: bool,
+    /// Real encoded media to publish; `None` sends synthetic VP8/Opus-shaped filler.
+    pub media: Option<Arc<EncodedMedia>>,
+    /// Keep every latency sample in [`ReceivedStream::latencies_ms`]; long runs turn this
+    /// off and use the histogram in [`Stats::latency`], which stays a few KiB.
+    pub keep_latency_samples: bool,
     /// Local address for the media socket (loopback in tests).
     pub bind_ip: IpAddr,
 }
@@ -60,6 +75,9 @@ impl ParticipantConfig {
             token: None,
             publish_audio: true,
             publish_video: true,
+            publish_screen: false,
+            media: None,
+            keep_latency_samples: true,
             bind_ip: IpAddr::from([127, 0, 0, 1]),
         }
     }
@@ -123,11 +141,38 @@ pub struct JoinTimings {
     pub first_remote_rtp: Option<Instant>,
 }
 
+/// One received track (a publisher may send two videos: camera and screen share).
+#[derive(Debug, Clone)]
+pub struct TrackStats {
+    pub publisher: String,
+    pub kind: Kind,
+    pub packets: u64,
+    /// RTP payload bytes, as the SFU's `consilium_forwarded_bytes_total` counts them.
+    pub bytes: u64,
+    pub quality: StreamQuality,
+    first_at: Instant,
+}
+
+impl TrackStats {
+    /// The RTP clock of the track's codec (Opus 48 kHz, video 90 kHz).
+    pub fn clock_rate(&self) -> f64 {
+        match self.kind {
+            Kind::Audio => 48_000.0,
+            Kind::Video => 90_000.0,
+        }
+    }
+}
+
 /// Everything the participant has measured so far.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
     pub received: HashMap<(String, Kind), ReceivedStream>,
+    /// Per received track, by this connection's track id.
+    pub tracks: HashMap<String, TrackStats>,
+    /// One-way latency of every received packet that carried a send-time trailer.
+    pub latency: LatencyHistogram,
     pub sent_packets: u64,
+    pub sent_bytes: u64,
     pub plis_received: u64,
     pub timings: JoinTimings,
 }
@@ -306,6 +351,8 @@ struct Outgoing {
     ssrc: u32,
     source: Box<dyn MediaSource + Send>,
     kind: Kind,
+    /// When the next frame is due.
+    due: Instant,
 }
 
 /// The client side of the WebRTC connection.
@@ -316,6 +363,7 @@ struct ClientPeer {
     local_candidate: Value,
     /// Remote tracks by this connection's track id: (publisher, kind).
     remote: HashMap<MediaStreamTrackId, (String, Kind)>,
+    keep_latency_samples: bool,
 }
 
 fn opus() -> RTCRtpCodec {
@@ -350,14 +398,31 @@ impl ClientPeer {
             .build(Instant::now())?;
         let stream = format!("{}-local", config.name);
         let mut outgoing = Vec::new();
-        let mut tracks: Vec<(Kind, RTCRtpCodec, Box<dyn MediaSource + Send>)> = Vec::new();
+        let mut tracks: Vec<(Kind, &str, RTCRtpCodec, Box<dyn MediaSource + Send>)> = Vec::new();
+        // Publishers sharing a clip start at different places in it.
+        let start: usize = rand::random::<u16>().into();
+        let audio: Box<dyn MediaSource + Send> = match &config.media {
+            Some(m) => Box::new(ClipAudio::new(m.audio.clone(), start)),
+            None => Box::new(SyntheticAudio::default()),
+        };
+        let camera: Box<dyn MediaSource + Send> = match &config.media {
+            Some(m) => Box::new(ClipVideo::new(m.camera.clone(), start)),
+            None => Box::new(SyntheticVideo::default()),
+        };
         if config.publish_audio {
-            tracks.push((Kind::Audio, opus(), Box::new(SyntheticAudio::default())));
+            tracks.push((Kind::Audio, "audio", opus(), audio));
         }
         if config.publish_video {
-            tracks.push((Kind::Video, vp8(), Box::new(SyntheticVideo::default())));
+            tracks.push((Kind::Video, "video", vp8(), camera));
         }
-        for (kind, codec, source) in tracks {
+        if config.publish_screen {
+            let screen: Box<dyn MediaSource + Send> = match &config.media {
+                Some(m) => Box::new(ClipVideo::new(m.screen.clone(), start)),
+                None => Box::new(SyntheticVideo::default()),
+            };
+            tracks.push((Kind::Video, "screen", vp8(), screen));
+        }
+        for (kind, label, codec, source) in tracks {
             let ssrc: u32 = rand::random();
             let rtc_kind = match kind {
                 Kind::Audio => RtpCodecKind::Audio,
@@ -365,8 +430,8 @@ impl ClientPeer {
             };
             let track = MediaStreamTrack::new(
                 stream.clone(),
-                format!("{stream}-{rtc_kind}"),
-                format!("{stream}-{rtc_kind}"),
+                format!("{stream}-{label}"),
+                format!("{stream}-{label}"),
                 rtc_kind,
                 vec![RTCRtpEncodingParameters {
                     rtp_coding_parameters: RTCRtpCodingParameters {
@@ -390,6 +455,7 @@ impl ClientPeer {
                 ssrc,
                 source,
                 kind,
+                due: Instant::now(),
             });
         }
         let data_channel = pc
@@ -425,6 +491,7 @@ impl ClientPeer {
             data_channel,
             local_candidate,
             remote: HashMap::new(),
+            keep_latency_samples: config.keep_latency_samples,
         })
     }
 
@@ -472,10 +539,6 @@ struct Loop {
 impl Loop {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut buf = vec![0u8; 2048];
-        let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
-        let mut video_tick = tokio::time::interval(Duration::from_millis(33));
-        audio_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        video_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut connected = false;
         loop {
             self.drain();
@@ -484,6 +547,13 @@ impl Loop {
                 .peer
                 .pc
                 .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            let media_due = self
+                .peer
+                .outgoing
+                .iter()
+                .map(|o| o.due)
+                .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
             tokio::select! {
                 msg = self.ws.next() => {
@@ -517,8 +587,7 @@ impl Loop {
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     let _ = self.peer.pc.handle_timeout(Instant::now());
                 }
-                _ = audio_tick.tick(), if connected => self.send_media(Kind::Audio),
-                _ = video_tick.tick(), if connected => self.send_media(Kind::Video),
+                _ = tokio::time::sleep_until(media_due.into()), if connected => self.send_media(),
                 cmd = commands.recv() => match cmd {
                     Some(Command::SendData(text)) => {
                         if let Some(mut dc) = self.peer.pc.data_channel(self.peer.data_channel) {
@@ -540,6 +609,12 @@ impl Loop {
                     .lock()
                     .map(|s| s.timings.media_connected.is_some())
                     .unwrap_or(false);
+                if connected {
+                    let now = Instant::now();
+                    for out in &mut self.peer.outgoing {
+                        out.due = now;
+                    }
+                }
             }
         }
     }
@@ -651,11 +726,40 @@ impl Loop {
                 let Ok(mut stats) = self.stats.lock() else {
                     return;
                 };
+                let stats = &mut *stats;
+                if !stats.tracks.contains_key(&track_id) {
+                    stats.tracks.insert(
+                        track_id.clone(),
+                        TrackStats {
+                            publisher: publisher.clone(),
+                            kind,
+                            packets: 0,
+                            bytes: 0,
+                            quality: StreamQuality::default(),
+                            first_at: at,
+                        },
+                    );
+                }
+                let Some(track) = stats.tracks.get_mut(&track_id) else {
+                    return;
+                };
+                track.packets += 1;
+                track.bytes += packet.payload.len() as u64;
+                let clock = track.clock_rate();
+                track.quality.record(
+                    packet.header.sequence_number,
+                    packet.header.timestamp,
+                    at.saturating_duration_since(track.first_at).as_secs_f64(),
+                    clock,
+                );
+                if let Some(ms) = latency {
+                    stats.latency.record(ms);
+                }
                 let stream = stats.received.entry((publisher.clone(), kind)).or_default();
                 stream.packets += 1;
                 stream.bytes += packet.payload.len() as u64;
                 stream.highest_seq = Some(packet.header.sequence_number);
-                if let Some(ms) = latency {
+                if let (Some(ms), true) = (latency, self.peer.keep_latency_samples) {
                     stream.latencies_ms.push(ms);
                 }
                 if stream.first_at.is_none() {
@@ -665,15 +769,20 @@ impl Loop {
                 }
             }
             RTCMessage::RtcpPacket(_, packets) => {
-                if packets
+                let plis: Vec<u32> = packets
                     .iter()
-                    .any(|p| p.as_any().is::<PictureLossIndication>())
-                {
+                    .filter_map(|p| p.as_any().downcast_ref::<PictureLossIndication>())
+                    .map(|pli| pli.media_ssrc)
+                    .collect();
+                if !plis.is_empty() {
                     if let Ok(mut s) = self.stats.lock() {
                         s.plis_received += 1;
                     }
+                    // A PLI names the track it is about; one without a known SSRC asks
+                    // for every video.
+                    let known = self.peer.outgoing.iter().any(|o| plis.contains(&o.ssrc));
                     for out in &mut self.peer.outgoing {
-                        if out.kind == Kind::Video {
+                        if out.kind == Kind::Video && (!known || plis.contains(&out.ssrc)) {
                             out.source.request_keyframe();
                         }
                     }
@@ -688,10 +797,18 @@ impl Loop {
         }
     }
 
-    fn send_media(&mut self, kind: Kind) {
+    /// Sends the frames that are due and schedules the next ones (a frame more than one
+    /// interval late is skipped, as a real capturer drops frames).
+    fn send_media(&mut self) {
         let now = Instant::now();
         let mut sent = 0;
-        for out in self.peer.outgoing.iter_mut().filter(|o| o.kind == kind) {
+        let mut sent_bytes = 0;
+        for out in self.peer.outgoing.iter_mut().filter(|o| o.due <= now) {
+            let interval = out.source.frame_interval();
+            out.due += interval;
+            if out.due + interval < now {
+                out.due = now + interval;
+            }
             let Some(mut sender) = self.peer.pc.rtp_sender(out.sender) else {
                 continue;
             };
@@ -705,13 +822,16 @@ impl Loop {
                 continue;
             };
             for packet in out.source.next_packets(out.ssrc, pt) {
+                let len = packet.payload.len() as u64;
                 if sender.write_rtp(now, packet).is_ok() {
                     sent += 1;
+                    sent_bytes += len;
                 }
             }
         }
         if let Ok(mut s) = self.stats.lock() {
             s.sent_packets += sent;
+            s.sent_bytes += sent_bytes;
         }
     }
 
