@@ -67,20 +67,22 @@ export async function waitFor(fn, { timeout = 20_000, interval = 200, message = 
 /**
  * The server under test. With CONSILIUM_URL set, uses that server as is. Otherwise starts
  * CONSILIUM_BIN (default ../target/debug/consilium) on free ports and waits for /healthz.
- * Returns {url, stop(), logs()}.
+ * `opts.env` adds environment variables, `opts.args` arguments; `opts.httpPort` and
+ * `opts.mediaPort` reuse ports (a restart keeps the URL the open pages reconnect to).
+ * Returns {url, httpPort, mediaPort, external, stop(), logs()}.
  */
-export async function startServer() {
+export async function startServer(opts = {}) {
   if (process.env.CONSILIUM_URL) {
     const url = process.env.CONSILIUM_URL.replace(/\/+$/, '');
     await waitForHealth(url, 30_000);
-    return { url, stop: async () => {}, logs: () => '' };
+    return { url, external: true, stop: async () => {}, logs: () => '' };
   }
   const bin = path.resolve(WEB_CLIENT_DIR, process.env.CONSILIUM_BIN ?? '../target/debug/consilium');
   if (!existsSync(bin)) {
     throw new Error(`server binary not found at ${bin}: build it (cargo build) or set CONSILIUM_BIN / CONSILIUM_URL`);
   }
-  const httpPort = await freePort();
-  const mediaPort = await freePort();
+  const httpPort = opts.httpPort ?? (await freePort());
+  const mediaPort = opts.mediaPort ?? (await freePort());
   const args = [
     '--http',
     `127.0.0.1:${httpPort}`,
@@ -89,12 +91,13 @@ export async function startServer() {
     '--media-ip',
     '127.0.0.1',
     ...(process.env.CONSILIUM_ARGS ? process.env.CONSILIUM_ARGS.split(/\s+/).filter(Boolean) : []),
+    ...(opts.args ?? []),
   ];
   let output = '';
   const child = spawn(bin, args, {
     cwd: REPO_DIR,
     // Serve this web client (the server's --web-root / CONSILIUM_WEB_ROOT).
-    env: { RUST_LOG: 'info', CONSILIUM_WEB_ROOT: WEB_CLIENT_DIR, ...process.env },
+    env: { RUST_LOG: 'info', CONSILIUM_WEB_ROOT: WEB_CLIENT_DIR, ...process.env, ...(opts.env ?? {}) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const keep = (chunk) => {
@@ -129,6 +132,9 @@ export async function startServer() {
 
   return {
     url,
+    httpPort,
+    mediaPort,
+    external: false,
     logs: () => output,
     stop: async () => {
       if (exited) return;

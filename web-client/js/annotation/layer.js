@@ -59,6 +59,11 @@ export class AnnotationLayer {
     this._redraw();
   }
 
+  append(list) {
+    for (const a of list ?? []) if (a?.id !== undefined) this.items.set(a.id, a);
+    this._redraw();
+  }
+
   /** One `annotation` event (live, or from `changes`). */
   apply(ev) {
     if (ev.op === 'add' || ev.op === 'update') {
@@ -224,8 +229,13 @@ export class AnnotationLayer {
       if (e.key === 'Enter') finish(true);
       if (e.key === 'Escape') finish(false);
     });
-    input.addEventListener('blur', () => finish(true));
-    setTimeout(() => input.focus(), 0);
+    // Focused now so no keystroke typed right after the click is lost; again after the
+    // click's own focus handling has run.
+    input.focus();
+    setTimeout(() => {
+      if (!done) input.focus();
+      input.addEventListener('blur', () => finish(true));
+    }, 0);
   }
 
   /** The id of the topmost annotation near a client point on this viewport's image, or null. */

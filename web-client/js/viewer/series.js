@@ -15,13 +15,68 @@ export class Series extends Emitter {
    * @param {string} uid
    * @param {object[]} metadata  DICOM JSON datasets, in slice order
    */
-  constructor(api, study, uid, metadata) {
+  constructor(api, study, uid, metadata, context = {}) {
     super();
     this.api = api;
     this.study = study;
     this.uid = uid;
-    const first = metadata[0] ?? {};
+    const first = { ...(context.study ?? {}), ...(context.series ?? {}), ...(metadata[0] ?? {}) };
     this.first = first;
+    this._describe(first);
+    this._buildSlices(metadata);
+
+    /** Decoded frames by slice index (Int16Array | Uint16Array | Uint8Array), null until loaded. */
+    this.frames = new Array(this.slices.length).fill(null);
+    this.failed = new Array(this.slices.length).fill(false);
+    this.loaded = 0;
+    this._inFlight = new Set();
+    /** Slice the loader works outward from. */
+    this.focus = Math.floor(this.slices.length / 2);
+    /** 0 = shown in a viewport (load everything), 1 = thumbnail only (load the focus). */
+    this.priority = 1;
+    this.firstFrameMs = null;
+    this.allFramesMs = null;
+    this._openedAt = performance.now();
+  }
+
+  /**
+   * Opens a series from its QIDO-RS instance list, which carries every attribute needed to
+   * decode and place the pixels and is cheaper to produce than the full WADO-RS metadata; the
+   * full metadata follows in the background for the overlay (patient details, institution).
+   * `context` holds the study- and series-level QIDO results when known.
+   */
+  static async open(api, study, uid, context = {}) {
+    let list = await api.instances(study, uid).catch(() => null);
+    const usable = Array.isArray(list) && list.length && list.every((ds) => tagValue(ds, '00280010') && tagValue(ds, '00080018'));
+    let full = false;
+    if (!usable) {
+      list = await api.metadata(study, uid);
+      full = true;
+    }
+    if (!Array.isArray(list) || !list.length) throw new Error(`series ${uid} has no instances`);
+    const series = new Series(api, study, uid, list, context);
+    if (!full) {
+      // After the first frame: it would compete with it for the server and the main thread.
+      const off = series.on('frame', () => {
+        off();
+        api
+          .metadata(study, uid)
+          .then((md) => series._enrich(md))
+          .catch((err) => console.warn('[consilium] series metadata unavailable', err));
+      });
+    }
+    return series;
+  }
+
+  /** Takes the descriptive attributes from the full metadata (same slice order). */
+  _enrich(metadata) {
+    if (!Array.isArray(metadata) || !metadata.length) return;
+    this.first = { ...this.first, ...metadata[0] };
+    this._describe(this.first);
+    this.emit('meta');
+  }
+
+  _describe(first) {
     this.patientName = tagValue(first, '00100010', '');
     this.patientId = tagValue(first, '00100020', '');
     this.patientBirthDate = tagValue(first, '00100030', '');
@@ -45,7 +100,12 @@ export class Series extends Emitter {
     const iop = tagValues(first, '00200037');
     this.orientation = iop && iop.length === 6 ? iop.map(Number) : null;
     this.units = this.modality === 'CT' ? 'HU' : tagValue(first, '00281054', '') || '';
+    const wc = Number(tagValue(first, '00281050', NaN));
+    const ww = Number(tagValue(first, '00281051', NaN));
+    this.defaultWindow = Number.isFinite(wc) && Number.isFinite(ww) && ww > 0 ? { ww, wc } : null;
+  }
 
+  _buildSlices(metadata) {
     /** One entry per slice: {sop, frame (1-based), slope, intercept, position, ds}. */
     this.slices = [];
     for (const ds of metadata) {
@@ -55,31 +115,9 @@ export class Series extends Emitter {
       const intercept = Number(tagValue(ds, '00281052', 0)) || 0;
       const ipp = tagValues(ds, '00200032');
       for (let f = 1; f <= nFrames; f++) {
-        this.slices.push({ sop, frame: f, slope, intercept, position: ipp ? ipp.map(Number) : null, ds });
+        this.slices.push({ sop, frame: f, slope, intercept, position: ipp ? ipp.map(Number) : null });
       }
     }
-    const wc = Number(tagValue(first, '00281050', NaN));
-    const ww = Number(tagValue(first, '00281051', NaN));
-    this.defaultWindow = Number.isFinite(wc) && Number.isFinite(ww) && ww > 0 ? { ww, wc } : null;
-
-    /** Decoded frames by slice index (Int16Array | Uint16Array | Uint8Array), null until loaded. */
-    this.frames = new Array(this.slices.length).fill(null);
-    this.failed = new Array(this.slices.length).fill(false);
-    this.loaded = 0;
-    this._inFlight = new Set();
-    /** Slice the loader works outward from. */
-    this.focus = Math.floor(this.slices.length / 2);
-    /** 0 = shown in a viewport (load everything), 1 = thumbnail only (load the focus). */
-    this.priority = 1;
-    this.firstFrameMs = null;
-    this.allFramesMs = null;
-    this._openedAt = performance.now();
-  }
-
-  static async open(api, study, uid) {
-    const metadata = await api.metadata(study, uid);
-    if (!Array.isArray(metadata) || !metadata.length) throw new Error(`series ${uid} has no instances`);
-    return new Series(api, study, uid, metadata);
   }
 
   get length() {
@@ -129,6 +167,8 @@ export class Series extends Emitter {
     const want = (i) => i >= 0 && i < n && !this.frames[i] && !this.failed[i] && !this._inFlight.has(i);
     if (want(this.focus)) return this.focus;
     if (this.priority > 0) return -1;
+    // The first slice on screen alone: neighbours would slow its response down.
+    if (this.loaded === 0 && this._inFlight.size) return -1;
     for (let d = 1; d < n; d++) {
       if (want(this.focus + d)) return this.focus + d;
       if (want(this.focus - d)) return this.focus - d;

@@ -130,18 +130,31 @@ export class ViewerSync extends Emitter {
     }
     switch (msg.type) {
       case 'snapshot':
-        this.annotations.reset(msg.annotations ?? []);
-        this.seq = Number.isFinite(msg.seq) ? msg.seq : null;
-        this._afterSync();
-        this._setPresenter(msg.presenter ?? null, msg.requests ?? this.requests);
-        if (msg.viewer) this._onPresenterState(msg.viewer);
+        // A large snapshot comes in parts (`part` 0, 1, … while `more`); the first one
+        // carries the viewer state and replaces what this page had.
+        if (!msg.part) {
+          this.annotations.reset(msg.annotations ?? []);
+          const first = !this._everSynced;
+          this._setPresenter(msg.presenter ?? null, msg.requests ?? this.requests);
+          if (msg.viewer && this.isPresenter && first) {
+            // A page that starts presenting picks up where the room left off.
+            this.viewer.applyState(msg.viewer).then(() => this._scheduleState());
+          } else if (msg.viewer) this._onPresenterState(msg.viewer);
+        } else this.annotations.append(msg.annotations ?? []);
+        if (!msg.more) {
+          this.seq = Number.isFinite(msg.seq) ? msg.seq : null;
+          this._afterSync();
+        }
         break;
       case 'changes':
         for (const ev of msg.events ?? []) {
           this.annotations.apply(ev);
           this._setSeq(ev.seq);
         }
-        this._afterSync();
+        if (!msg.more) {
+          this._setSeq(msg.seq);
+          this._afterSync();
+        }
         break;
       case 'annotation':
         this.annotations.apply(msg);
@@ -172,6 +185,7 @@ export class ViewerSync extends Emitter {
 
   _afterSync() {
     this.synced = true;
+    this._everSynced = true;
     this._save();
     this.annotations.resendPending();
     this.emit('annotations');
@@ -230,6 +244,8 @@ export class ViewerSync extends Emitter {
       this._stateRaf = 0;
       if (!this.isPresenter) return;
       const state = this.viewer.getState();
+      // Nothing open yet (the study list still loading): keep the room's last view.
+      if (!state.viewports.some((v) => v.series)) return;
       const json = JSON.stringify(state);
       if (json === this._sentState) return;
       if (this._send({ type: 'viewer', state })) this._sentState = json;

@@ -287,7 +287,9 @@ export class Viewer extends Emitter {
   getSeries(study, uid) {
     let p = this._series.get(uid);
     if (!p) {
-      p = Series.open(this.api, study, uid).then((s) => {
+      const st = this.studies.find((x) => x.uid === study);
+      const context = { study: st?.ds, series: st?.series.find((x) => x.uid === uid)?.ds };
+      p = Series.open(this.api, study, uid, context).then((s) => {
         framePool.add(s);
         return s;
       });

@@ -109,6 +109,7 @@ export class Viewport {
               series.on('frame-failed', ({ index }) => {
                 if (index === this.state.slice) this.invalidate();
               }),
+              series.on('meta', () => this.invalidate()),
             ];
             return () => offs.forEach((off) => off());
           })()
@@ -390,7 +391,7 @@ export class Viewport {
       this.el.setAttribute('aria-label', 'Empty viewport');
       return;
     }
-    const sexAge = [s.patientSex, s.patientBirthDate ? `born ${formatDate(s.patientBirthDate)}` : ''].filter(Boolean).join(' · ');
+    const sexAge = [s.patientSex ? `Sex ${s.patientSex}` : '', s.patientBirthDate ? `born ${formatDate(s.patientBirthDate)}` : ''].filter(Boolean).join(' · ');
     set(this.text.tl, [formatName(s.patientName) || 'Anonymous', s.patientId ? `ID ${s.patientId}` : '', sexAge]);
     set(this.text.tr, [
       s.institution,

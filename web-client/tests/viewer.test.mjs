@@ -1,0 +1,362 @@
+// End-to-end tests of the shared DICOM viewer: real server (with its demo CT phantom in room
+// `demo`, on a fresh data directory), real Chromium pages connected through the SFU's data
+// channel. Presenter → follower state and pixels, laser pointer, detach / re-follow,
+// annotations drawn with the real mouse, a late joiner, a server restart, upload.
+// Run from web-client/: npm test
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { startServer, launchBrowser, openPage, closePage, waitFor, callUrl, pageLogs } from './helpers.mjs';
+import { ctSlice } from './dicom-fixture.mjs';
+
+let server;
+let browser;
+let dataDir;
+let serverOpts;
+/** Why the viewer tests cannot run against this server (no DICOMweb / no demo study), or null. */
+let unsupported = null;
+
+const ROOM = 'demo';
+
+before(async () => {
+  dataDir = await mkdtemp(path.join(os.tmpdir(), 'consilium-viewer-'));
+  serverOpts = { env: { CONSILIUM_DATA_DIR: dataDir, CONSILIUM_DEMO_STUDY: 'true' } };
+  server = await startServer(serverOpts);
+  serverOpts.httpPort = server.httpPort;
+  serverOpts.mediaPort = server.mediaPort;
+  browser = await launchBrowser();
+  try {
+    const res = await fetch(`${server.url}/dicomweb/studies?room=${ROOM}`, { headers: { Accept: 'application/dicom+json' } });
+    const body = res.ok ? await res.json() : null;
+    if (!res.ok) unsupported = `GET /dicomweb/studies answered ${res.status}`;
+    else if (!Array.isArray(body) || !body.length) unsupported = 'room demo has no study (demo_study off?)';
+  } catch (err) {
+    unsupported = `DICOMweb unreachable: ${err.message}`;
+  }
+});
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  await server?.stop();
+  if (dataDir) await rm(dataDir, { recursive: true, force: true }).catch(() => {});
+});
+
+async function withLogs(pages, fn) {
+  try {
+    return await fn();
+  } catch (err) {
+    err.message += `\n${pageLogs(...pages)}`;
+    const logs = server?.logs?.();
+    if (logs) err.message += `\n--- server output (tail) ---\n${logs.slice(-3000)}`;
+    throw err;
+  }
+}
+
+const hook = (page, expr) => page.evaluate(expr);
+const state = (page) => hook(page, () => window.consiliumViewer.state());
+
+/** Why the data-channel collaboration is missing on this server (no snapshot), or null. */
+let noCollab = null;
+
+/** Opens a call page in room demo and waits until its viewer shows a slice (and is synced). */
+async function openViewer(name, { synced = true } = {}) {
+  const page = await openPage(browser, callUrl(server.url, { room: ROOM, name }));
+  await waitFor(() => hook(page, (synced) => (!synced || window.consiliumViewer?.synced()) && window.consiliumViewer?.ready() && !!window.consiliumViewer.state()?.viewports[0]?.series, synced), {
+    timeout: 30_000,
+    message: `${name}'s viewer to ${synced ? 'sync and ' : ''}show the phantom`,
+    detail: () => hook(page, () => JSON.stringify({ synced: window.consiliumViewer?.synced(), state: window.consiliumViewer?.state(), call: window.consilium?.state })),
+  });
+  return page;
+}
+
+/** A hash of the first viewport's image canvas, after the pending animation frame. */
+function canvasHash(page) {
+  return page.evaluate(async () => {
+    await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+    const c = document.querySelector('.vp[data-index="0"] .vp-image');
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let h = 2166136261;
+    let sum = 0;
+    for (let i = 0; i < d.length; i += 4) {
+      h = Math.imul(h ^ d[i], 16777619);
+      sum += d[i];
+    }
+    return { w: c.width, h: c.height, hash: h >>> 0, mean: sum / (d.length / 4) };
+  });
+}
+
+/** Waits until `b` shows what `a` shows: same ViewerState, both drawn, same pixels. */
+async function expectSameView(a, b, what) {
+  let last;
+  await waitFor(
+    async () => {
+      const [sa, sb] = await Promise.all([state(a), state(b)]);
+      const [ra, rb] = await Promise.all([hook(a, () => window.consiliumViewer.ready()), hook(b, () => window.consiliumViewer.ready())]);
+      last = { sa, sb, ra, rb };
+      return ra && rb && JSON.stringify(sa) === JSON.stringify(sb);
+    },
+    { timeout: 15_000, message: `${what}: the same ViewerState on both pages`, detail: () => JSON.stringify(last) },
+  );
+  let hashes;
+  await waitFor(
+    async () => {
+      hashes = await Promise.all([canvasHash(a), canvasHash(b)]);
+      return JSON.stringify(hashes[0]) === JSON.stringify(hashes[1]);
+    },
+    { timeout: 5_000, message: `${what}: identical canvas pixels`, detail: () => JSON.stringify(hashes) },
+  );
+  assert.ok(hashes[0].mean > 1, `${what}: the canvas shows an image (mean grey ${hashes[0].mean})`);
+  return hashes[0];
+}
+
+async function viewportBox(page, index = 0) {
+  return page.locator(`.vp[data-index="${index}"]`).boundingBox();
+}
+
+/** Counts the data-channel messages a page sends, by type (installed in the page). */
+function countSent(page) {
+  return page.evaluate(() => {
+    const s = window.consilium.session;
+    if (!s.__counted) {
+      s.__counted = {};
+      const send = s.sendData.bind(s);
+      s.sendData = (msg) => {
+        s.__counted[msg.type] = (s.__counted[msg.type] ?? 0) + 1;
+        return send(msg);
+      };
+    }
+    return { ...s.__counted };
+  });
+}
+
+async function drag(page, from, to, { button = 'left', steps = 8 } = {}) {
+  await page.mouse.move(from[0], from[1]);
+  await page.mouse.down({ button });
+  await page.mouse.move(to[0], to[1], { steps });
+  await page.mouse.up({ button });
+}
+
+test('shared viewer: presenter, followers, annotations, late joiner, restart, upload', { timeout: 240_000 }, async (t) => {
+  if (unsupported) {
+    t.skip(`server without the shared viewer: ${unsupported}`);
+    return;
+  }
+  const pages = [];
+  let presenter;
+  let follower;
+  try {
+    await t.test('the first host presents; the phantom is on screen fast', () =>
+      withLogs(pages, async () => {
+        presenter = await openViewer('Dr Presenter', { synced: false });
+        pages.push(presenter);
+        try {
+          await waitFor(() => hook(presenter, () => window.consiliumViewer.synced()), { timeout: 10_000, message: 'a snapshot' });
+        } catch {
+          noCollab = 'no snapshot in answer to hello (server without docs/collaboration.md)';
+        }
+        if (!noCollab) await waitFor(() => hook(presenter, () => window.consiliumViewer.isPresenter()), { message: 'the host to present' });
+        const m = await waitFor(
+          async () => {
+            const x = await hook(presenter, () => window.consiliumViewer.metrics());
+            return x.allSlicesMs !== null ? x : null;
+          },
+          { timeout: 20_000, message: 'the whole series to load' },
+        );
+        t.diagnostic(`first slice on screen ${m.firstSliceMs} ms after opening the series, all 120 slices ${m.allSlicesMs} ms`);
+        assert.ok(m.firstSliceMs < 1500, `first slice in ${m.firstSliceMs} ms`);
+        assert.ok(m.allSlicesMs < 10_000, `whole series in ${m.allSlicesMs} ms`);
+        const s = await state(presenter);
+        assert.equal(s.layout, '1x1');
+        assert.equal(await presenter.locator('.vp[data-index="0"]').getAttribute('data-slice'), String(s.viewports[0].slice));
+        await presenter.waitForSelector('.vw-thumb canvas[data-ready="true"]', { timeout: 10_000 });
+      }),
+    );
+
+    await t.test('a follower sees exactly what the presenter shows while they scroll, window and zoom', (st) =>
+      withLogs(pages, async () => {
+        if (noCollab) return st.skip(noCollab);
+        follower = await openViewer('Dr Follower');
+        pages.push(follower);
+        await waitFor(() => hook(follower, () => window.consiliumViewer.isFollowing()), { message: 'the follower to follow' });
+        await expectSameView(presenter, follower, 'after joining');
+
+        const box = await viewportBox(presenter);
+        const cx = box.x + box.width / 2;
+        const cy = box.y + box.height / 2;
+        await countSent(presenter);
+        // Scroll: wheel and keys.
+        await presenter.mouse.move(cx, cy);
+        for (let i = 0; i < 4; i++) await presenter.mouse.wheel(0, 100);
+        await presenter.keyboard.press('ArrowDown');
+        await presenter.keyboard.press('PageDown');
+        // Window/level: right-drag (any tool).
+        await drag(presenter, [cx, cy], [cx + 60, cy - 40], { button: 'right', steps: 20 });
+        // Zoom with the zoom tool, pan with the middle button.
+        await presenter.locator('[data-tool="zoom"]').click();
+        await drag(presenter, [cx, cy], [cx, cy - 50]);
+        await drag(presenter, [cx, cy], [cx + 30, cy + 20], { button: 'middle' });
+        await presenter.locator('[data-tool="scroll"]').click();
+        const s = await state(presenter);
+        const v = s.viewports[0];
+        assert.ok(v.slice > 60, `scrolled forward: ${JSON.stringify(v)}`);
+        assert.ok(v.ww !== 400 && v.wc !== 40, `window/level changed: ${JSON.stringify(v)}`);
+        assert.ok(v.zoom > 1.2, `zoomed: ${JSON.stringify(v)}`);
+        assert.ok(v.pan[0] !== 0, `panned: ${JSON.stringify(v)}`);
+        await expectSameView(presenter, follower, 'after scroll, W/L, zoom and pan');
+        const sent = await countSent(presenter);
+        // 4 wheel notches, 2 keys, 20 + 8 + 8 drag moves: at most one `viewer` per input.
+        assert.ok(sent.viewer >= 3 && sent.viewer <= 45, `viewer messages coalesced: ${JSON.stringify(sent)}`);
+        // Hovering changes nothing: no `viewer` message, but the laser pointer.
+        await presenter.mouse.move(cx + 10, cy + 10, { steps: 5 });
+        await waitFor(() => hook(follower, () => !!window.consiliumViewer.viewer.viewports[0].pointer), { timeout: 5000, message: 'the laser pointer on the follower' });
+        const after = await countSent(presenter);
+        assert.equal(after.viewer, sent.viewer, 'no viewer message for a hover');
+        await presenter.mouse.move(5, 5);
+        await waitFor(() => hook(follower, () => !window.consiliumViewer.viewer.viewports[0].pointer), { timeout: 5000, message: 'the laser pointer hidden when leaving' });
+        // Presets.
+        await presenter.locator('.vp[data-index="0"]').focus();
+        await presenter.keyboard.press('1');
+        assert.deepEqual(
+          (await state(presenter)).viewports[0].ww === 1500 && (await state(presenter)).viewports[0].wc === -600,
+          true,
+          'lung preset',
+        );
+        await expectSameView(presenter, follower, 'after the lung preset');
+      }),
+    );
+
+    await t.test('a follower can browse alone and follow again with one click', (st) =>
+      withLogs(pages, async () => {
+        if (noCollab) return st.skip(noCollab);
+        const fbox = await viewportBox(follower);
+        await follower.mouse.move(fbox.x + fbox.width / 2, fbox.y + fbox.height / 2);
+        await follower.mouse.wheel(0, -300);
+        await waitFor(() => hook(follower, () => !window.consiliumViewer.isFollowing()), { timeout: 5000, message: 'the follower to detach' });
+        await follower.waitForSelector('.viewer[data-sync-mode="detached"]');
+        const mine = (await state(follower)).viewports[0].slice;
+        await presenter.locator('.vp[data-index="0"]').focus();
+        await presenter.keyboard.press('End');
+        await presenter.waitForTimeout(300);
+        assert.equal((await state(follower)).viewports[0].slice, mine, 'a detached follower keeps its own slice');
+        await follower.getByRole('button', { name: 'Follow presenter' }).click();
+        await expectSameView(presenter, follower, 'after re-following');
+        await presenter.keyboard.press('Home');
+        await presenter.keyboard.press('PageDown');
+        await presenter.keyboard.press('PageDown');
+        await presenter.keyboard.press('PageDown');
+        await presenter.keyboard.press('PageDown');
+        await presenter.keyboard.press('PageDown');
+        await expectSameView(presenter, follower, 'following again');
+      }),
+    );
+
+    await t.test('annotations drawn with the mouse appear on the other page', (st) =>
+      withLogs(pages, async () => {
+        if (noCollab) return st.skip(noCollab);
+        const box = await viewportBox(presenter);
+        const cx = box.x + box.width / 2;
+        const cy = box.y + box.height / 2;
+        await presenter.locator('[data-tool="line"]').click();
+        await drag(presenter, [cx - 80, cy], [cx + 40, cy + 30]);
+        const line = await waitFor(
+          async () => {
+            const list = await hook(follower, () => window.consiliumViewer.annotations());
+            return list.find((a) => a.kind === 'line' && !a.pending);
+          },
+          { timeout: 10_000, message: 'the line on the follower' },
+        );
+        assert.equal(line.author_name, 'Dr Presenter');
+        assert.ok(line.stats.length_mm > 10, `length in mm: ${JSON.stringify(line.stats)}`);
+        assert.match(line.color, /^#[0-9a-f]{6}$/);
+        const own = await hook(presenter, () => window.consiliumViewer.annotations());
+        assert.deepEqual(own.map((a) => [a.id, !!a.pending]), [[line.id, false]], 'the presenter’s pending line was replaced by the echo');
+
+        // The follower draws an ellipse ROI on the same image; it keeps following.
+        const fbox = await viewportBox(follower);
+        const fx = fbox.x + fbox.width / 2;
+        const fy = fbox.y + fbox.height / 2;
+        await follower.locator('[data-tool="ellipse"]').click();
+        await drag(follower, [fx - 40, fy - 40], [fx + 20, fy + 30]);
+        const ellipse = await waitFor(
+          async () => {
+            const list = await hook(presenter, () => window.consiliumViewer.annotations());
+            return list.find((a) => a.kind === 'ellipse' && !a.pending);
+          },
+          { timeout: 10_000, message: 'the ellipse on the presenter' },
+        );
+        assert.equal(ellipse.author_name, 'Dr Follower');
+        for (const k of ['area_mm2', 'mean', 'sd', 'min', 'max']) assert.equal(typeof ellipse.stats[k], 'number', `${k} in ${JSON.stringify(ellipse.stats)}`);
+        assert.ok(ellipse.stats.min <= ellipse.stats.mean && ellipse.stats.mean <= ellipse.stats.max);
+        assert.ok(await hook(follower, () => window.consiliumViewer.isFollowing()), 'drawing does not detach');
+        await expectSameView(presenter, follower, 'with annotations');
+        // The annotations sit on the image (overlay canvas), both pages draw them.
+        const seqs = await Promise.all([hook(presenter, () => window.consiliumViewer.seq()), hook(follower, () => window.consiliumViewer.seq())]);
+        assert.equal(seqs[0], seqs[1]);
+        assert.ok(seqs[0] >= 2, `seq ${seqs[0]}`);
+      }),
+    );
+
+    await t.test('a page joining late sees the presenter’s view and every annotation', (st) =>
+      withLogs(pages, async () => {
+        if (noCollab) return st.skip(noCollab);
+        const late = await openViewer('Dr Late');
+        pages.push(late);
+        const want = (await hook(presenter, () => window.consiliumViewer.annotations())).map((a) => a.id).sort();
+        const got = (await hook(late, () => window.consiliumViewer.annotations())).map((a) => a.id).sort();
+        assert.deepEqual(got, want);
+        assert.equal(want.length, 2);
+        await expectSameView(presenter, late, 'late joiner');
+      }),
+    );
+
+    await t.test('after a server restart on the same data directory a new page still sees them', (st) =>
+      withLogs(pages, async () => {
+        if (noCollab) return st.skip(noCollab);
+        const before = (await hook(presenter, () => window.consiliumViewer.annotations())).map((a) => a.id).sort();
+        const presented = await state(presenter);
+        for (const p of pages.splice(1)) await closePage(p);
+        await server.stop();
+        server = await startServer(serverOpts);
+        const fresh = await openViewer('Dr After Restart');
+        pages.push(fresh);
+        const got = (await hook(fresh, () => window.consiliumViewer.annotations())).map((a) => a.id).sort();
+        assert.deepEqual(got, before, 'annotations survived the restart');
+        // The presenter's page reconnects by itself and resumes from its last seq.
+        await waitFor(() => hook(presenter, () => window.consiliumViewer.synced() && window.consilium.state === 'connected'), {
+          timeout: 30_000,
+          message: 'the presenter page to reconnect and resync',
+        });
+        const again = (await hook(presenter, () => window.consiliumViewer.annotations())).map((a) => a.id).sort();
+        assert.deepEqual(again, before);
+        const s = await state(fresh);
+        assert.equal(s.viewports[0].series, presented.viewports[0].series);
+      }),
+    );
+
+    await t.test('uploading DICOM files shows the new study to everyone and reports refused files', () =>
+      withLogs(pages, async () => {
+        const page = noCollab ? presenter : pages.at(-1);
+        const uid = `1.2.826.0.1.3680043.10.1001.77.${Date.now()}`;
+        const files = [1, 2, 3].map((n) => ({
+          name: `slice-${n}.dcm`,
+          mimeType: 'application/dicom',
+          buffer: ctSlice({ study: uid, series: `${uid}.1`, sop: `${uid}.1.${n}`, number: n }),
+        }));
+        files.push({ name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from('not an image') });
+        await page.locator('.vw-file').setInputFiles(files);
+        await page.waitForSelector('.vw-upload-report[data-done="true"]', { timeout: 20_000 });
+        const report = await page.locator('.vw-upload-report').evaluate((el) => ({ stored: el.dataset.stored, failed: el.dataset.failed, text: el.textContent }));
+        assert.equal(report.stored, '3', JSON.stringify(report));
+        assert.equal(report.failed, '1', JSON.stringify(report));
+        assert.match(report.text, /notes\.txt/);
+        await page.waitForSelector(`.vw-study[data-study-uid="${uid}"]`, { timeout: 10_000 });
+        await presenter.waitForSelector(`.vw-study[data-study-uid="${uid}"]`, { timeout: 10_000 });
+      }),
+    );
+  } finally {
+    for (const p of pages) await closePage(p);
+  }
+});
