@@ -73,7 +73,7 @@ export class AnnotationLayer {
       this.items.set(a.id, a);
     } else if (ev.op === 'delete') {
       this.items.delete(ev.id);
-      if (this.selected === ev.id) this.selected = null;
+      if (this.selected === ev.id) this.select(null);
     }
     this._redraw();
   }
@@ -99,7 +99,13 @@ export class AnnotationLayer {
     if (this.selected === id) return;
     this.selected = id;
     this.viewer.root.dataset.selectedAnnotation = id ?? '';
+    this._updateDeleteButton();
     this._redraw();
+  }
+
+  _updateDeleteButton() {
+    const btn = this.viewer.toolbar.querySelector('[data-action="delete-annotation"]');
+    if (btn) btn.disabled = !this.canDelete(this.items.get(this.selected));
   }
 
   deleteSelected() {

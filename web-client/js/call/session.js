@@ -198,10 +198,14 @@ export class Session extends Emitter {
     dc.addEventListener('close', () => {
       if (gen === this._gen) this.emit('data-close', dc);
     });
+    // The server may send its UTF-8 JSON as binary messages; Firefox's default is 'blob'.
+    dc.binaryType = 'arraybuffer';
+    const utf8 = new TextDecoder();
     dc.addEventListener('message', (ev) => {
       if (gen !== this._gen) return;
       try {
-        this.emit('data', JSON.parse(ev.data));
+        const text = typeof ev.data === 'string' ? ev.data : utf8.decode(ev.data);
+        this.emit('data', JSON.parse(text));
       } catch {
         console.warn('[consilium] non-JSON data channel message', ev.data);
       }

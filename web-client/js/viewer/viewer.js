@@ -113,7 +113,10 @@ export class Viewer extends Emitter {
       `<button type="button" class="vw-btn vw-tool vw-icon" data-tool="${t.id}" title="${t.title}" aria-label="${t.label}" aria-pressed="false">` +
       `<svg viewBox="0 0 24 24" aria-hidden="true">${t.icon}</svg></button>`;
     root.querySelector('[data-group="nav"]').innerHTML = NAV_TOOLS.map(toolBtn).join('');
-    root.querySelector('[data-group="annotate"]').innerHTML = ANNOTATION_TOOLS.map(toolBtn).join('');
+    root.querySelector('[data-group="annotate"]').innerHTML =
+      ANNOTATION_TOOLS.map(toolBtn).join('') +
+      '<button type="button" class="vw-btn vw-icon" data-action="delete-annotation" title="Delete the selected annotation (Delete)" aria-label="Delete annotation" disabled>' +
+      '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M4 7h16M10 11v6M14 11v6M6 7l1 13h10l1-13M9 7V4h6v3"/></svg></button>';
     const sel = root.querySelector('.vw-preset');
     for (const p of PRESETS) {
       const o = document.createElement('option');
@@ -134,6 +137,7 @@ export class Viewer extends Emitter {
       else if (b.dataset.layout) this.setLayout(b.dataset.layout);
       else if (b.dataset.action === 'reset') this.resetActive();
       else if (b.dataset.action === 'invert') this.toggleInvert();
+      else if (b.dataset.action === 'delete-annotation') this.annotationInput?.deleteSelected();
     });
     this.studiesEl.addEventListener('click', (ev) => {
       const item = ev.target.closest('[data-series-uid]');
