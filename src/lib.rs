@@ -3,6 +3,8 @@
 //!
 //! [`start`] runs a whole server in-process; `main.rs` and the integration tests both use it.
 
+pub mod collab;
+pub mod collab_store;
 pub mod config;
 pub mod http;
 pub mod metrics;
@@ -26,6 +28,8 @@ pub struct AppState {
     pub sfu: SfuHandle,
     pub auth: Option<TokenAuthority>,
     pub metrics: Metrics,
+    /// The authority over every room's shared viewer and annotations (durable, SQLite).
+    pub collab: Arc<collab::Collaboration>,
     /// Turns true once when the server shuts down; every session watches it.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -37,6 +41,8 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     http_task: JoinHandle<()>,
     media_task: JoinHandle<()>,
+    /// Held to write the last viewer states once everything else has stopped.
+    collab: Arc<collab::Collaboration>,
 }
 
 impl Server {
@@ -45,6 +51,7 @@ impl Server {
         let _ = self.shutdown.send(true);
         let _ = self.http_task.await;
         let _ = self.media_task.await;
+        self.collab.flush().await;
     }
 
     /// A sender that triggers shutdown (signal handlers hold one).
@@ -56,6 +63,7 @@ impl Server {
     pub async fn wait(self) {
         let _ = self.http_task.await;
         let _ = self.media_task.await;
+        self.collab.flush().await;
     }
 }
 
@@ -73,6 +81,17 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let media_addr = sfu_handle.media_addr();
     let media_task = tokio::spawn(sfu.run(shutdown_rx.clone()));
 
+    let collab_store = collab_store::CollabStore::open(&config.data_dir).with_context(|| {
+        format!(
+            "opening the shared-viewer database in {}",
+            config.data_dir.display()
+        )
+    })?;
+    let collab = Arc::new(collab::Collaboration::new(
+        collab_store,
+        sfu_handle.clone(),
+        metrics.clone(),
+    ));
     let state = AppState {
         rooms: Arc::new(RoomRegistry::new(config.room_cap)),
         sfu: sfu_handle,
@@ -81,6 +100,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             .as_deref()
             .map(|s| TokenAuthority::new(s.as_bytes())),
         metrics,
+        collab: collab.clone(),
         shutdown: shutdown_rx.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.http)
@@ -105,5 +125,6 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         shutdown: shutdown_tx,
         http_task,
         media_task,
+        collab,
     })
 }

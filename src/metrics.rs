@@ -20,6 +20,15 @@ pub struct Metrics {
     /// Time from the start of a join to each of its phases: `side="server"` from the
     /// WebSocket accept, `side="client"` from the page's navigation start.
     pub connect_phase: HistogramVec,
+    /// Data-channel messages received, by the shared-viewer type they have (`relay` for the
+    /// ones relayed as they are, `invalid` for non-JSON or oversized ones): which part of
+    /// the viewer protocol carries the load.
+    pub data_channel_by_type: IntCounterVec,
+    /// Annotation changes by `op` and `outcome` (`stored`, `refused`, `storage_failed`): a
+    /// rising `storage_failed` means the disk under `data_dir` needs attention.
+    pub annotation_ops: IntCounterVec,
+    /// Shared-viewer `error` messages sent, by code.
+    pub collab_errors: IntCounterVec,
     pub sfu: SfuMetrics,
 }
 
@@ -63,6 +72,30 @@ impl Metrics {
             &["phase", "side"],
         )?;
         registry.register(Box::new(connect_phase.clone()))?;
+        let data_channel_by_type = IntCounterVec::new(
+            Opts::new(
+                "consilium_data_channel_messages_by_type_total",
+                "Data channel messages received from clients, by shared-viewer type",
+            ),
+            &["type"],
+        )?;
+        registry.register(Box::new(data_channel_by_type.clone()))?;
+        let annotation_ops = IntCounterVec::new(
+            Opts::new(
+                "consilium_annotation_ops_total",
+                "Annotation changes, by operation and outcome",
+            ),
+            &["op", "outcome"],
+        )?;
+        registry.register(Box::new(annotation_ops.clone()))?;
+        let collab_errors = IntCounterVec::new(
+            Opts::new(
+                "consilium_collab_errors_total",
+                "Shared-viewer error messages sent to clients, by code",
+            ),
+            &["code"],
+        )?;
+        registry.register(Box::new(collab_errors.clone()))?;
         registry.register(Box::new(rooms.clone()))?;
         registry.register(Box::new(participants.clone()))?;
         registry.register(Box::new(websockets.clone()))?;
@@ -82,6 +115,9 @@ impl Metrics {
             signaling_messages,
             signaling_errors,
             connect_phase,
+            data_channel_by_type,
+            annotation_ops,
+            collab_errors,
             sfu,
         })
     }

@@ -9,6 +9,7 @@ use crate::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use consilium_sfu::{ConnectionState, IceCandidateInit, JoinRequest, PeerEvent, SfuError};
+use consilium_signaling::collab::{Collaborator, collab_type};
 use consilium_signaling::protocol::{IceCandidate, MAX_FRAME_BYTES, MediaConnectionState};
 use consilium_signaling::{
     ClientMessage, PROTOCOL_VERSION, ParticipantId, Role, ServerMessage, SignalingError, validate,
@@ -29,6 +30,8 @@ const CLOSE_TOO_BIG: u16 = 1009;
 struct Joined {
     room: String,
     id: ParticipantId,
+    /// Who the shared-viewer authority sees: its permissions follow the role.
+    collaborator: Collaborator,
 }
 
 /// The server-side phases of one join, as offsets from the WebSocket accept.
@@ -393,6 +396,11 @@ impl Session {
         self.state.rooms.announce(&room, &admission.id);
         self.joined = Some(Joined {
             room,
+            collaborator: Collaborator {
+                id: admission.id.clone(),
+                role: admission.role,
+                name,
+            },
             id: admission.id,
         });
         Ok(())
@@ -413,8 +421,8 @@ impl Session {
                 },
             }),
             PeerEvent::Data { text, data } => {
-                let (room, id) = (joined.room.clone(), joined.id.clone());
-                self.relay_data(&room, &id, text, data).await;
+                let (room, who) = (joined.room.clone(), joined.collaborator.clone());
+                self.relay_data(&room, &who, text, data).await;
             }
             PeerEvent::Milestone { milestone, at } => self.phase(milestone.as_str(), at),
             PeerEvent::Closed { reason } => {
@@ -429,9 +437,13 @@ impl Session {
         Flow::Continue
     }
 
-    /// Relays a data channel message to the rest of the room, stamped with its sender.
-    async fn relay_data(&self, room: &str, from: &ParticipantId, text: bool, data: Bytes) {
+    /// Hands a shared-viewer message to the room's authority; relays any other data channel
+    /// message to the rest of the room, stamped with its sender.
+    async fn relay_data(&self, room: &str, who: &Collaborator, text: bool, data: Bytes) {
+        let from = &who.id;
+        let by_type = &self.state.metrics.data_channel_by_type;
         if data.len() > MAX_FRAME_BYTES {
+            by_type.with_label_values(&["invalid"]).inc();
             let error = serde_json::json!({"error": {
                 "code": "message_too_big",
                 "message": format!("data channel messages are at most {MAX_FRAME_BYTES} bytes")
@@ -450,6 +462,7 @@ impl Session {
             None
         };
         let Some(msg) = parsed else {
+            by_type.with_label_values(&["invalid"]).inc();
             let error = serde_json::json!({"error": {
                 "code": "bad_message",
                 "message": "data channel messages are JSON objects in text frames"
@@ -460,6 +473,12 @@ impl Session {
                 .await;
             return;
         };
+        if let Some(kind) = collab_type(&msg) {
+            by_type.with_label_values(&[kind]).inc();
+            self.state.collab.handle(room, who, msg).await;
+            return;
+        }
+        by_type.with_label_values(&["relay"]).inc();
         let envelope = serde_json::json!({"from": from, "msg": msg});
         let others: Vec<String> = self
             .state
@@ -481,6 +500,7 @@ impl Session {
         self.log_timeline();
         if let Some(joined) = self.joined.take() {
             self.state.rooms.leave(&joined.room, &joined.id);
+            self.state.collab.leave(&joined.room, &joined.id).await;
             self.state.sfu.leave(joined.id.as_str()).await;
             tracing::info!(room = %joined.room, participant = %joined.id, "left");
         }
