@@ -312,6 +312,62 @@ test('shared viewer: presenter, followers, annotations, late joiner, restart, up
       }),
     );
 
+    await t.test('authors delete their own annotations only; presenting is requested and handed over', (st) =>
+      withLogs(pages, async () => {
+        if (noCollab) return st.skip(noCollab);
+        const list = await hook(presenter, () => window.consiliumViewer.annotations());
+        const line = list.find((a) => a.kind === 'line');
+        const ellipse = list.find((a) => a.kind === 'ellipse');
+        const fbox = await viewportBox(follower);
+        const fx = fbox.x + fbox.width / 2;
+        const fy = fbox.y + fbox.height / 2;
+        await follower.locator('[data-tool="select"]').click();
+        // Someone else's line (near its tail, outside the ellipse): selected, not deletable.
+        await follower.mouse.click(fx - 70, fy + 2.5);
+        await waitFor(async () => (await follower.locator('.viewer').getAttribute('data-selected-annotation')) === line.id, {
+          timeout: 5000,
+          message: 'the line selected',
+          detail: () =>
+            follower.evaluate(
+              ([x, y]) => {
+                const v = window.consiliumViewer.viewer;
+                const vp = v.viewports[0];
+                return JSON.stringify({ tool: v.tool, at: vp.clientToImage(x, y), sel: v.root.dataset.selectedAnnotation, anns: window.consiliumViewer.annotations().map((a) => [a.id, a.kind, a.points, a.sop]), sop: vp.slice.sop, hit: v.annotationInput.hitTest(vp, x, y) });
+              },
+              [fx - 70, fy + 2.5],
+            ),
+        });
+        assert.ok(await follower.locator('[data-action="delete-annotation"]').isDisabled());
+        await follower.keyboard.press('Delete');
+        // Its own ellipse: deleted everywhere.
+        await follower.mouse.click(fx - 10, fy - 5);
+        await waitFor(async () => (await follower.locator('.viewer').getAttribute('data-selected-annotation')) === ellipse.id, { timeout: 5000, message: 'the ellipse selected' });
+        await follower.keyboard.press('Delete');
+        await waitFor(
+          async () => {
+            const ids = (await hook(presenter, () => window.consiliumViewer.annotations())).map((a) => a.id);
+            return ids.length === 1 && ids[0] === line.id;
+          },
+          { timeout: 10_000, message: 'only the line left on the presenter' },
+        );
+        await follower.locator('[data-tool="scroll"]').click();
+
+        // The follower asks to present; the host hands over.
+        await follower.getByRole('button', { name: 'Request to present' }).click();
+        await presenter.getByRole('button', { name: 'Let Dr Follower present' }).click({ timeout: 10_000 });
+        await waitFor(() => hook(follower, () => window.consiliumViewer.isPresenter()), { timeout: 10_000, message: 'the follower to present' });
+        await waitFor(() => hook(presenter, () => window.consiliumViewer.isFollowing()), { timeout: 10_000, message: 'the host to follow' });
+        await follower.locator('.vp[data-index="0"]').focus();
+        await follower.keyboard.press('ArrowUp');
+        await follower.keyboard.press('ArrowUp');
+        await expectSameView(follower, presenter, 'after the hand-over');
+        // The host takes it back.
+        await presenter.getByRole('button', { name: 'Present', exact: true }).click();
+        await waitFor(() => hook(presenter, () => window.consiliumViewer.isPresenter()), { timeout: 10_000, message: 'the host to present again' });
+        await waitFor(() => hook(follower, () => window.consiliumViewer.isFollowing()), { timeout: 10_000, message: 'the follower to follow again' });
+      }),
+    );
+
     await t.test('after a server restart on the same data directory a new page still sees them', (st) =>
       withLogs(pages, async () => {
         if (noCollab) return st.skip(noCollab);

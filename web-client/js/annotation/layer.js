@@ -40,6 +40,7 @@ export class AnnotationLayer {
     this.selected = null;
     this.draft = null; // the shape being drawn: {vp, kind, points}
     viewer.drawAnnotations = (vp, ctx) => this.draw(vp, ctx);
+    viewer.annotatedSlices = (series) => this.slicesOf(series);
     viewer.annotationInput = this;
     viewer.on('tool', (t) => {
       if (t !== 'select') this.select(null);
@@ -266,6 +267,18 @@ export class AnnotationLayer {
       if (hit) return a.id;
     }
     return null;
+  }
+
+  /** Slice indexes of `series` that carry at least one annotation. */
+  slicesOf(series) {
+    const mine = this.list().filter((a) => a.series === series.uid);
+    if (!mine.length) return [];
+    const want = new Set(mine.map((a) => `${a.sop}|${a.frame ?? 1}`));
+    const out = [];
+    series.slices.forEach((sl, i) => {
+      if (want.has(`${sl.sop}|${sl.frame}`)) out.push(i);
+    });
+    return out;
   }
 
   // ---------------------------------------------------------------- drawing

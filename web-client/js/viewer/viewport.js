@@ -300,6 +300,7 @@ export class Viewport {
     if (this._overlayDirty) {
       this._overlayDirty = false;
       this._drawOverlay();
+      this.updateMarks();
     }
   }
 
@@ -456,6 +457,22 @@ export class Viewport {
     this.scrollThumb.style.height = `${Math.max(h, 2)}%`;
     this.scrollLoaded.style.height = `${(s.loaded / n) * 100}%`;
     this.scrollLoaded.style.opacity = s.loaded === n ? '0' : '1';
+  }
+
+  /** Ticks on the scrollbar at the slices that carry annotations (where to look). */
+  updateMarks() {
+    const s = this.series;
+    const slices = s ? this.viewer.annotatedSlices?.(s) ?? [] : [];
+    const key = slices.join(',');
+    if (key === this._marksKey) return;
+    this._marksKey = key;
+    for (const m of this.scrollEl.querySelectorAll('.vp-scroll-mark')) m.remove();
+    for (const i of slices) {
+      const m = document.createElement('div');
+      m.className = 'vp-scroll-mark';
+      m.style.top = `${((i + 0.5) / s.length) * 100}%`;
+      this.scrollEl.append(m);
+    }
   }
 
   _bindScrollbar() {
