@@ -64,10 +64,11 @@ const CAMERA: ClipRecipe = ClipRecipe {
 };
 
 /// The screen share: a mostly static 1920x1080 slide (title bar, grid, text-like bars)
-/// with a moving pointer and a moving inset (a video or viewer in the slide), 5 fps, ~1.5 Mbit/s, keyframes every
-/// 10 s: what a presenter's shared slides or viewer look like to the SFU.
+/// with a moving pointer and a moving inset (a video or viewer in the slide), 5 fps,
+/// ~1.5 Mbit/s, a keyframe every 2 s (a late subscriber starts within a GOP even when no
+/// keyframe request reaches the publisher): what a presenter's shared slides look like.
 const SCREEN: ClipRecipe = ClipRecipe {
-    file: "screen-1920x1080-5fps-v1.ivf",
+    file: "screen-1920x1080-5fps-v2.ivf",
     args: &[
         "-f",
         "lavfi",
@@ -97,7 +98,7 @@ const SCREEN: ClipRecipe = ClipRecipe {
         "-cpu-used",
         "8",
         "-g",
-        "50",
+        "10",
         "-auto-alt-ref",
         "0",
         "-lag-in-frames",

@@ -3,6 +3,8 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use loadtest::connect::{self, ConnectOptions};
+use loadtest::run::{self as load_run, RunOptions};
+use loadtest::scenario::Scenario;
 use loadtest::units::{parse_duration, parse_percent};
 use loadtest::wan::{self, WanOptions};
 use std::net::{IpAddr, SocketAddr};
@@ -26,7 +28,7 @@ client → 127.0.0.1:8081 (relay) → 127.0.0.2:8080.";
 #[command(
     name = "loadtest",
     version,
-    about = "Synthetic Consilium participants: connect-time benchmarks and a WAN emulator",
+    about = "Synthetic Consilium participants: load tests with real media, connect-time benchmarks and a WAN emulator",
     after_help = THROUGH_THE_RELAY
 )]
 struct Cli {
@@ -40,6 +42,10 @@ enum Command {
     /// from its start to the first remote RTP packet, leave, repeat.
     #[command(after_help = THROUGH_THE_RELAY)]
     Connect(ConnectArgs),
+    /// A load test with real media: rooms of participants as a scenario file describes,
+    /// publishing Opus and VP8 and measuring what they receive and what the server spends.
+    #[command(after_help = RUN_HELP)]
+    Run(RunArgs),
     /// A user-space WAN emulator: relay UDP and/or TCP with delay, jitter and loss.
     #[command(after_help = WAN_HELP)]
     Wan(WanArgs),
@@ -90,6 +96,42 @@ struct ConnectArgs {
     label: Option<String>,
 }
 
+const RUN_HELP: &str = "\
+Scenarios: loadtest/scenarios/tumour-board.toml (one board: presenter with camera and screen
+share, 11 specialists, 2 observers), plan-qa.toml (4 people), ramp.toml (add boards until loss
+> 0.5 % or latency p95 > 50 ms). The server's /metrics (same host:port as --url) gives its CPU,
+memory and forwarded bytes, sampled every second. VP8 clips are made once with ffmpeg (cached in
+$LOADTEST_CLIP_DIR or the temp dir). For capacity, pin the two processes to different cores:
+
+  taskset -c 0 consilium --jwt-secret S &
+  taskset -c 1 loadtest run --scenario loadtest/scenarios/ramp.toml --jwt-secret S --report ramp";
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The scenario file (TOML).
+    #[arg(long)]
+    scenario: PathBuf,
+    /// Signaling URL of the server.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+    /// Directory for report.json and report.html (created if missing).
+    #[arg(long, default_value = ".")]
+    report: PathBuf,
+    /// The server's JWT secret, so observers join with the observer role (in open demo
+    /// mode nobody can ask for a role: they join as receive-only participants).
+    #[arg(long, env = "CONSILIUM_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Local IP for the participants' media sockets.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_ip: IpAddr,
+    /// Override the scenario's number of rooms.
+    #[arg(long)]
+    rooms: Option<usize>,
+    /// Override the scenario's measured duration (e.g. 60s).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+}
+
 #[derive(Debug, Args)]
 struct WanArgs {
     /// Address the relay listens on (UDP and/or TCP).
@@ -135,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Connect(args) => run_connect(args).await,
+        Command::Run(args) => run_load(args).await,
         Command::Wan(args) => {
             let udp = args.udp || args.both || !args.tcp;
             let tcp = args.tcp || args.both;
@@ -152,6 +195,35 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+async fn run_load(args: RunArgs) -> anyhow::Result<()> {
+    let mut scenario = Scenario::load(&args.scenario)?;
+    if let Some(rooms) = args.rooms {
+        scenario.rooms = rooms.max(1);
+    }
+    if let Some(d) = args.duration {
+        scenario.duration = d;
+    }
+    let report = load_run::run(RunOptions {
+        scenario,
+        url: args.url,
+        jwt_secret: args.jwt_secret,
+        bind_ip: args.bind_ip,
+        clip_dir: loadtest::clips::default_cache_dir(),
+        progress: true,
+    })
+    .await?;
+    println!("{}", report.table());
+    std::fs::create_dir_all(&args.report)
+        .with_context(|| format!("creating {}", args.report.display()))?;
+    let json = args.report.join("report.json");
+    let html = args.report.join("report.html");
+    std::fs::write(&json, report.to_json())
+        .with_context(|| format!("writing {}", json.display()))?;
+    std::fs::write(&html, report.html()).with_context(|| format!("writing {}", html.display()))?;
+    println!("wrote {} and {}", json.display(), html.display());
+    Ok(())
 }
 
 async fn run_connect(args: ConnectArgs) -> anyhow::Result<()> {
@@ -226,5 +298,23 @@ mod tests {
         };
         assert_eq!((c.joins, c.concurrency, c.room_size), (200, 50, 2));
         assert!(Cli::try_parse_from(["loadtest", "wan", "--listen", "x", "--to", "y"]).is_err());
+        let cli = Cli::try_parse_from([
+            "loadtest",
+            "run",
+            "--scenario",
+            "loadtest/scenarios/tumour-board.toml",
+            "--url",
+            "ws://127.0.0.1:8080/ws",
+            "--report",
+            "/tmp/r",
+            "--duration",
+            "5s",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(r.duration, Some(Duration::from_secs(5)));
+        assert_eq!(r.report, PathBuf::from("/tmp/r"));
     }
 }

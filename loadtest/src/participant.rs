@@ -151,9 +151,19 @@ pub struct TrackStats {
     pub bytes: u64,
     pub quality: StreamQuality,
     first_at: Instant,
+    last_at: Instant,
 }
 
 impl TrackStats {
+    /// Seconds from the first to the last packet, once there are two.
+    pub fn elapsed(&self) -> Option<f64> {
+        let s = self
+            .last_at
+            .saturating_duration_since(self.first_at)
+            .as_secs_f64();
+        (s > 0.0).then_some(s)
+    }
+
     /// The RTP clock of the track's codec (Opus 48 kHz, video 90 kHz).
     pub fn clock_rate(&self) -> f64 {
         match self.kind {
@@ -737,6 +747,7 @@ impl Loop {
                             bytes: 0,
                             quality: StreamQuality::default(),
                             first_at: at,
+                            last_at: at,
                         },
                     );
                 }
@@ -744,6 +755,7 @@ impl Loop {
                     return;
                 };
                 track.packets += 1;
+                track.last_at = at;
                 track.bytes += packet.payload.len() as u64;
                 let clock = track.clock_rate();
                 track.quality.record(

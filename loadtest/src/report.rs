@@ -240,14 +240,7 @@ impl Report {
             Some(l) => format!("Connect time — {}", escape(l)),
             None => "Connect time".to_owned(),
         };
-        let _ = write!(
-            h,
-            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\n\
-             <style>body{{font:14px system-ui,sans-serif;margin:2em;max-width:60em}}\
-             table{{border-collapse:collapse;margin:1em 0}}th,td{{padding:.25em .75em;border-bottom:1px solid #ddd}}\
-             td{{text-align:right;font-variant-numeric:tabular-nums}}td:first-child,th:first-child{{text-align:left}}\
-             .meta{{color:#555}}</style></head><body>\n<h1>{title}</h1>\n"
-        );
+        h.push_str(&html_head(&title));
         let _ = writeln!(
             h,
             "<p class=\"meta\">{} · {} joins, {} completed, <b>{} failed</b> · concurrency {} · room size {}{} · {:.1} s · {} cores ({} {}) · {}</p>",
@@ -448,6 +441,125 @@ fn histogram_svg(values: &[f64], p: &Percentiles, width: f64, height: f64) -> St
     s
 }
 
+/// The start of a self-contained report page (no scripts, no external resources), shared
+/// by every report so they look alike.
+pub(crate) fn html_head(title: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\n\
+         <style>body{{font:14px system-ui,sans-serif;margin:2em;max-width:60em}}\
+         table{{border-collapse:collapse;margin:1em 0}}th,td{{padding:.25em .75em;border-bottom:1px solid #ddd}}\
+         td{{text-align:right;font-variant-numeric:tabular-nums}}td:first-child,th:first-child{{text-align:left}}\
+         .meta{{color:#555}}</style></head><body>\n<h1>{title}</h1>\n"
+    )
+}
+
+/// One line of a [`line_chart_svg`]: a name for the legend, a colour, (x, y) points.
+pub(crate) struct Series<'a> {
+    pub name: &'a str,
+    pub color: &'a str,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A hand-written SVG line chart of values over time (x in seconds), from 0 on both axes,
+/// with a legend; `y_label` names the unit.
+pub(crate) fn line_chart_svg(title: &str, y_label: &str, series: &[Series<'_>]) -> String {
+    let (width, height) = (720.0, 220.0);
+    let (left, right, top, bottom) = (56.0, 16.0, 28.0, 36.0);
+    let plot_w = width - left - right;
+    let plot_h = height - top - bottom;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" role=\"img\" aria-label=\"{}\">",
+        escape(title)
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"{left}\" y=\"16\" font-size=\"13\" font-weight=\"bold\">{}</text>",
+        escape(title)
+    );
+    let all = series.iter().flat_map(|l| l.points.iter());
+    let x_max = all.clone().map(|p| p.0).fold(0.0f64, f64::max).max(1.0);
+    let y_peak = all
+        .map(|p| p.1)
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    // Headroom and a round top value so the axis label reads well.
+    let y_max = nice_ceiling(y_peak * 1.1);
+    let x = |v: f64| left + v / x_max * plot_w;
+    let y = |v: f64| top + plot_h - (v / y_max).clamp(0.0, 1.0) * plot_h;
+    let _ = writeln!(
+        s,
+        "<g stroke=\"#333\"><line x1=\"{left}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\"/><line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{0}\"/></g>",
+        top + plot_h,
+        left + plot_w
+    );
+    for frac in [0.0, 0.5, 1.0] {
+        let v = y_max * frac;
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{}</text>",
+            left - 4.0,
+            y(v) + 4.0,
+            trim_number((v * 100.0).round() / 100.0)
+        );
+        let t = x_max * frac;
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>",
+            x(t),
+            top + plot_h + 14.0,
+            trim_number(t.round())
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">seconds · {}</text>",
+        left + plot_w / 2.0,
+        height - 6.0,
+        escape(y_label)
+    );
+    for (i, line) in series.iter().enumerate() {
+        let path: Vec<String> = line
+            .points
+            .iter()
+            .filter(|p| p.1.is_finite())
+            .map(|&(px, py)| format!("{:.1},{:.1}", x(px), y(py)))
+            .collect();
+        if !path.is_empty() {
+            let _ = writeln!(
+                s,
+                "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" points=\"{}\"/>",
+                line.color,
+                path.join(" ")
+            );
+        }
+        let lx = left + plot_w - 160.0 * (series.len() - i) as f64;
+        let _ = writeln!(
+            s,
+            "<rect x=\"{lx:.1}\" y=\"8\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{:.1}\" y=\"17\" font-size=\"11\">{}</text>",
+            line.color,
+            lx + 14.0,
+            escape(line.name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The smallest 1, 2 or 5 × 10^k at or above `v` (1 for nothing to show).
+fn nice_ceiling(v: f64) -> f64 {
+    if !(v > 0.0) {
+        return 1.0;
+    }
+    let base = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * base)
+        .find(|&c| c >= v)
+        .unwrap_or(10.0 * base)
+}
+
 fn trim_number(v: f64) -> String {
     if v.fract() == 0.0 {
         format!("{v:.0}")
@@ -456,7 +568,7 @@ fn trim_number(v: f64) -> String {
     }
 }
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -623,6 +735,32 @@ mod tests {
         assert_eq!(wide.counts.len(), 20);
         assert_eq!(histogram(&[], 40).counts, Vec::<usize>::new());
         assert_eq!(histogram(&[0.0, 0.0], 40).counts, vec![2]);
+    }
+
+    #[test]
+    fn line_charts_scale_to_their_data() {
+        let svg = line_chart_svg(
+            "bit rate <x>",
+            "Mbit/s",
+            &[
+                Series {
+                    name: "client",
+                    color: "#4a7fb5",
+                    points: vec![(0.0, 0.0), (10.0, 42.0), (20.0, 84.0)],
+                },
+                Series {
+                    name: "server",
+                    color: "#d08000",
+                    points: vec![],
+                },
+            ],
+        );
+        assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+        assert!(svg.contains("bit rate &lt;x&gt;"));
+        assert!(svg.contains(">100<"), "84 × 1.1 rounds up to 100");
+        assert_eq!(nice_ceiling(0.0), 1.0);
+        assert_eq!(nice_ceiling(3.2), 5.0);
+        assert_eq!(nice_ceiling(0.011), 0.02);
     }
 
     #[test]
