@@ -10,7 +10,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { startServer, launchBrowser, openPage, closePage, waitFor, callUrl, pageLogs } from './helpers.mjs';
-import { ctSlice } from './dicom-fixture.mjs';
+import { ctSlice, zipStore } from './dicom-fixture.mjs';
 
 let server;
 let browser;
@@ -250,6 +250,13 @@ test('shared viewer: presenter, followers, annotations, late joiner, restart, up
         await presenter.keyboard.press('PageDown');
         await presenter.keyboard.press('PageDown');
         await expectSameView(presenter, follower, 'following again');
+        // Layouts: the follower's grid follows too.
+        await presenter.locator('[data-layout="2x2"]').click();
+        await waitFor(async () => (await state(presenter)).viewports.every((v) => v.series), { message: 'four viewports filled' });
+        await expectSameView(presenter, follower, 'layout 2x2');
+        assert.equal(await follower.locator('.vp').count(), 4);
+        await presenter.locator('[data-layout="1x1"]').click();
+        await expectSameView(presenter, follower, 'back to 1x1');
       }),
     );
 
@@ -410,6 +417,25 @@ test('shared viewer: presenter, followers, annotations, late joiner, restart, up
         assert.match(report.text, /notes\.txt/);
         await page.waitForSelector(`.vw-study[data-study-uid="${uid}"]`, { timeout: 10_000 });
         await presenter.waitForSelector(`.vw-study[data-study-uid="${uid}"]`, { timeout: 10_000 });
+        await page.locator('.vw-upload-report button').click();
+
+        // A .zip dropped on the viewer goes to the server as application/zip.
+        const zuid = `${uid}.5`;
+        const zip = zipStore([1, 2].map((n) => ({ name: `ct/${n}.dcm`, data: ctSlice({ study: zuid, series: `${zuid}.1`, sop: `${zuid}.1.${n}`, number: n, patientName: 'ZIP^DROP' }) })));
+        await page.evaluate(async (b64) => {
+          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+          const dt = new DataTransfer();
+          dt.items.add(new File([bytes], 'study.zip', { type: 'application/zip' }));
+          const target = document.querySelector('.vp[data-index="0"]');
+          for (const type of ['dragenter', 'dragover', 'drop']) {
+            target.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+          }
+        }, zip.toString('base64'));
+        await page.waitForSelector('.vw-upload-report[data-done="true"]', { timeout: 20_000 });
+        const zreport = await page.locator('.vw-upload-report').evaluate((el) => ({ stored: el.dataset.stored, failed: el.dataset.failed, text: el.textContent }));
+        assert.equal(zreport.stored, '2', JSON.stringify(zreport));
+        assert.equal(zreport.failed, '0', JSON.stringify(zreport));
+        await page.waitForSelector(`.vw-study[data-study-uid="${zuid}"]`, { timeout: 10_000 });
       }),
     );
   } finally {

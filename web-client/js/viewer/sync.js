@@ -310,6 +310,8 @@ export class ViewerSync extends Emitter {
     root.dataset.syncMode = mode;
     root.dataset.following = String(this.following && !!this.presenter && !this.isPresenter);
     root.dataset.presenter = this.presenter ?? '';
+    // Observers only watch: the server refuses their annotations, so no tools are offered.
+    root.dataset.role = this.session.role ?? '';
     const badge = document.createElement('span');
     badge.className = 'vw-presenter';
     badge.dataset.mode = mode;
