@@ -86,6 +86,11 @@ export class AnnotationLayer {
 
   /** Sends what the server has not acknowledged yet (after a reconnect). */
   resendPending() {
+    // One whose echo was lost with the old connection is already among the server's: keep
+    // that one rather than store it twice.
+    const key = (a) => `${a.author_name}|${a.kind}|${a.sop}|${a.frame ?? 1}|${JSON.stringify(a.points)}|${a.text ?? ''}`;
+    const stored = new Set([...this.items.values()].map(key));
+    for (const [ref, p] of this.pending) if (stored.has(key(p.annotation))) this.pending.delete(ref);
     for (const p of this.pending.values()) {
       p.sent = this.send({ type: 'annotate', op: 'add', ref: p.ref, annotation: p.annotation });
     }

@@ -124,6 +124,11 @@ export class ViewerSync extends Emitter {
 
   _onMessage(msg) {
     if (!msg || typeof msg !== 'object') return;
+    if (msg.error && !msg.type) {
+      // docs/protocol.md's answer to a frame the server could not read at all.
+      console.warn('[consilium] data channel frame refused', msg.error);
+      return;
+    }
     if (msg.from !== undefined && msg.msg) {
       if (msg.msg.type === STUDIES_CHANGED) this.viewer.refresh();
       return;
@@ -174,9 +179,8 @@ export class ViewerSync extends Emitter {
       case 'error':
         console.warn('[consilium] viewer sync refused', msg);
         if (msg.ref) this.annotations.reject(msg.ref);
-        if (msg.code !== 'not_presenter' || !this._quietNotPresenter) {
-          this.viewer.toast(msg.message || `Refused: ${msg.code}`, { kind: 'error' });
-        }
+        // not_presenter: a view or pointer update that crossed a hand-over; nothing to show.
+        if (msg.code !== 'not_presenter') this.viewer.toast(msg.message || `Refused: ${msg.code}`, { kind: 'error' });
         break;
       default:
         break;

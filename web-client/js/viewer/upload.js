@@ -133,9 +133,14 @@ export class Uploader {
           for (const s of r.studies) studies.add(s);
           stored += r.stored.length;
           const bySop = new Map(batch.map((e) => [e.sop, e]));
+          const storedSet = new Set(r.stored);
+          const named = new Set(r.failed.map((f) => f.sop).filter((sop) => bySop.has(sop)));
+          // A file the server could not read has no UID in its failure: it is one of the
+          // files neither stored nor named, in order.
+          const unnamed = isZip ? [] : batch.filter((e) => !storedSet.has(e.sop) && !named.has(e.sop));
           for (const f of r.failed) {
-            const e = bySop.get(f.sop);
-            failed.push({ path: e?.path ?? (isZip ? `${batch[0].path}: ${f.sop || 'instance'}` : f.sop || 'instance'), reason: failureText(f.reason) });
+            const e = bySop.get(f.sop) ?? unnamed.shift();
+            failed.push({ path: e?.path ?? (isZip ? `${batch[0].path}: ${f.sop || 'an instance'}` : f.sop || 'an instance'), reason: failureText(f.reason) });
           }
           if (status >= 400 && !r.failed.length) {
             for (const e of batch) failed.push({ path: e.path, reason: `refused by the server (HTTP ${status})` });
