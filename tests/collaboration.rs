@@ -399,3 +399,68 @@ async fn a_failed_write_is_refused_and_changes_nothing() {
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presenter_hand_over_and_a_snapshot_in_parts() {
+    let dir = fresh_dir();
+    let server = server_in(&dir).await;
+    let mut host = join(&server, "mdt", "Dr Host").await;
+    let mut ana = join(&server, "mdt", "Dr Ana").await;
+    snapshot(&mut host).await;
+    snapshot(&mut ana).await;
+
+    // Ana asks, everyone sees it; the host grants; Ana now drives the viewer.
+    ana.send_data(&json!({"type": "presenter", "action": "request"}));
+    let p = next_of(&mut host, "presenter").await;
+    assert_eq!(p["requests"], json!([ana.id]), "{p}");
+    assert_eq!(
+        next_of(&mut ana, "presenter").await["requests"],
+        json!([ana.id])
+    );
+    ana.send_data(&json!({"type": "presenter", "action": "grant", "to": host.id}));
+    expect_error(&mut ana, "not_allowed").await;
+    host.send_data(&json!({"type": "presenter", "action": "grant", "to": ana.id}));
+    let p = next_of(&mut ana, "presenter").await;
+    assert_eq!(
+        p,
+        json!({"type": "presenter", "presenter": ana.id, "requests": []})
+    );
+    assert_eq!(next_of(&mut host, "presenter").await, p);
+    ana.send_data(&json!({"type": "pointer", "viewport": 1, "x": 100.123, "y": 5}));
+    let ptr = next_of(&mut host, "pointer").await;
+    assert_eq!(
+        ptr,
+        json!({"type": "pointer", "viewport": 1, "x": 100.12, "y": 5.0, "by": ana.id})
+    );
+    host.send_data(&json!({"type": "viewer", "state": {"layout": "1x1"}}));
+    expect_error(&mut host, "not_presenter").await;
+    // The host takes it back.
+    host.send_data(&json!({"type": "presenter", "action": "take"}));
+    assert_eq!(
+        next_of(&mut ana, "presenter").await["presenter"],
+        host.id.as_str()
+    );
+
+    // Big outlines: a late joiner's snapshot does not fit one data-channel message.
+    let mut outline = arrow(0.0);
+    outline["kind"] = json!("freehand");
+    outline["points"] = json!(vec![[12345.67, 23456.78]; 1800]);
+    for i in 0..4 {
+        ana.send_data(&json!({"type": "annotate", "op": "add", "ref": format!("o{i}"), "annotation": outline}));
+        assert_eq!(next_of(&mut ana, "annotation").await["seq"], i + 1);
+    }
+    let mut cleo = join(&server, "mdt", "Dr Cleo").await;
+    let parts = hello(&mut cleo, Value::Null).await;
+    assert!(parts.len() >= 2, "{} parts", parts.len());
+    let mut all = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        assert_eq!(part["type"], "snapshot");
+        assert_eq!(part["part"], i);
+        assert_eq!(part["seq"], 4);
+        assert_eq!(part["presenter"], host.id.as_str());
+        all.extend(ids(&part["annotations"]));
+    }
+    assert_eq!(all, ["a-1", "a-2", "a-3", "a-4"]);
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
