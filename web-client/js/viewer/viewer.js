@@ -309,7 +309,7 @@ export class Viewer extends Emitter {
   }
 
   /** Opens a series in a viewport. */
-  async openSeries(study, uid, index = this.active, { local = true, patch = {} } = {}) {
+  async openSeries(study, uid, index = this.active, { local = true, patch = {}, fallback = false } = {}) {
     const vp = this.viewports[index];
     if (!vp) return;
     const gen = ++this._applyGen;
@@ -324,6 +324,8 @@ export class Viewer extends Emitter {
       return;
     }
     if (gen !== this._applyGen && !local) return;
+    // The room's own state (presenter, or the last one kept) arrived meanwhile: it wins.
+    if (fallback && this._stateApplied) return;
     this._measure(s, t0);
     vp.setSeries(s, patch);
     vp.draw();
@@ -334,10 +336,10 @@ export class Viewer extends Emitter {
 
   /** Opens the room's first series in the first viewport, if nothing is shown yet. */
   async openDefault() {
-    if (this.viewports.some((v) => v.series)) return;
+    if (this._stateApplied || this.viewports.some((v) => v.series)) return;
     const st = this.studies[0];
     const se = st?.series.slice().sort((a, b) => b.count - a.count)[0];
-    if (se) await this.openSeries(st.uid, se.uid, 0, { local: false });
+    if (se) await this.openSeries(st.uid, se.uid, 0, { local: false, fallback: true });
   }
 
   /** Records open → first slice on screen, and open → whole stack loaded (test hook, README). */
@@ -378,7 +380,9 @@ export class Viewer extends Emitter {
   /** Applies the presenter's ViewerState (fetching any series not loaded yet). */
   async applyState(state) {
     if (!state || typeof state !== 'object') return;
+    this._stateApplied = true;
     const gen = ++this._applyGen;
+    const t0 = performance.now();
     if (LAYOUTS[state.layout] && state.layout !== this.layout) this.setLayout(state.layout, { local: false });
     const list = Array.isArray(state.viewports) ? state.viewports : [];
     const jobs = this.viewports.map(async (vp, i) => {
@@ -397,6 +401,7 @@ export class Viewer extends Emitter {
       try {
         const s = await this.getSeries(want.study, want.series);
         if (gen !== this._applyGen) return;
+        if (i === 0) this._measure(s, t0);
         vp.setSeries(s, patch);
         vp.draw();
         if (!this.studies.some((st) => st.uid === want.study)) this.refresh();
