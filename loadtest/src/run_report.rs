@@ -140,10 +140,54 @@ pub struct RunReport {
     /// added latency away from saturation).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub half_load: Option<StepReport>,
+    /// Ramp: the marginal cost of one more participant, fitted over the steps that held
+    /// (free of the fixed start-up memory and idle CPU that `*_per_participant` include).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub marginal: Option<Marginal>,
     pub media: MediaInfo,
     pub scenario_config: ScenarioSummary,
     pub machine: Machine,
     pub timeline: Vec<Point>,
+}
+
+/// Least-squares slopes of server RSS and CPU against participants over ramp steps.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Marginal {
+    pub rss_mib_per_participant: f64,
+    pub cpu_cores_per_participant: f64,
+    pub steps: usize,
+}
+
+impl Marginal {
+    /// `None` with fewer than two distinct loads.
+    pub fn fit(steps: &[StepReport]) -> Option<Self> {
+        let pts: Vec<(f64, f64, f64)> = steps
+            .iter()
+            .filter(|s| s.within_thresholds)
+            .map(|s| {
+                (
+                    s.window.participants as f64,
+                    s.window.server_rss_mib,
+                    s.window.server_cpu_cores,
+                )
+            })
+            .collect();
+        let n = pts.len() as f64;
+        let mx = pts.iter().map(|p| p.0).sum::<f64>() / n;
+        let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+        if pts.len() < 2 || sxx <= 0.0 {
+            return None;
+        }
+        let slope = |f: fn(&(f64, f64, f64)) -> f64| {
+            let my = pts.iter().map(f).sum::<f64>() / n;
+            pts.iter().map(|p| (p.0 - mx) * (f(p) - my)).sum::<f64>() / sxx
+        };
+        Some(Self {
+            rss_mib_per_participant: slope(|p| p.1),
+            cpu_cores_per_participant: slope(|p| p.2),
+            steps: pts.len(),
+        })
+    }
 }
 
 /// The scenario as run.
@@ -178,6 +222,7 @@ impl RunReport {
                 .min_by_key(|st| st.rooms.abs_diff(target))
                 .cloned()
         });
+        let marginal = Marginal::fit(&info.steps);
         Self {
             scenario: s.name.clone(),
             mode: if ramp { "ramp" } else { "fixed" },
@@ -197,6 +242,7 @@ impl RunReport {
             steps: info.steps,
             stop_reason: info.stop_reason,
             half_load,
+            marginal,
             media: info.media,
             scenario_config: ScenarioSummary {
                 rooms: s.rooms,
@@ -297,6 +343,22 @@ impl RunReport {
                 );
             }
         }
+        if let Some(m) = &self.marginal {
+            let _ = writeln!(
+                out,
+                "\n  per extra participant (fit over {} steps): {:.3} MiB RSS, {:.2} ms/s server CPU",
+                m.steps,
+                m.rss_mib_per_participant,
+                m.cpu_cores_per_participant * 1000.0
+            );
+        }
+        if let Some(h) = &self.half_load {
+            let _ = writeln!(
+                out,
+                "  at half load ({} rooms): latency p50 {:.1} ms, p95 {:.1} ms",
+                h.rooms, h.window.media_latency_ms.p50, h.window.media_latency_ms.p95
+            );
+        }
         if let Some(r) = &self.stop_reason {
             let _ = writeln!(out, "\n  stopped: {r}");
         }
@@ -356,6 +418,15 @@ impl RunReport {
         h.push_str("</table>\n");
         if let Some(r) = &self.stop_reason {
             let _ = writeln!(h, "<p><b>Stopped:</b> {}</p>", escape(r));
+        }
+        if let Some(m) = &self.marginal {
+            let _ = writeln!(
+                h,
+                "<p>Per extra participant (fit over {} steps): {:.3} MiB RSS, {:.2} ms/s server CPU.</p>",
+                m.steps,
+                m.rss_mib_per_participant,
+                m.cpu_cores_per_participant * 1000.0
+            );
         }
         if !self.steps.is_empty() {
             h.push_str("<h2>Ramp steps</h2>\n<table><tr><th>rooms</th><th>participants</th><th>Mbit/s</th><th>loss %</th><th>latency p95 ms</th><th>server cores</th><th>Mbit/s per core</th><th>RSS MiB</th><th>within thresholds</th></tr>\n");
@@ -476,5 +547,50 @@ impl RunReport {
         }
         h.push_str("</body></html>\n");
         h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(rooms: usize, ok: bool, participants: usize, rss: f64, cpu: f64) -> StepReport {
+        StepReport {
+            rooms,
+            within_thresholds: ok,
+            window: Window {
+                t_start_s: 0.0,
+                seconds: 5.0,
+                participants,
+                forwarded_mbps: 0.0,
+                server_forwarded_mbps: 0.0,
+                loss_pct: 0.0,
+                jitter_ms: 0.0,
+                media_latency_ms: Percentiles::default(),
+                server_cpu_cores: cpu,
+                forwarded_mbps_per_core: 0.0,
+                server_rss_mib: rss,
+                rss_per_participant_mib: 0.0,
+                cpu_per_participant: 0.0,
+                generator_cpu_cores: 0.0,
+                generator_lag_ms: Percentiles::default(),
+            },
+        }
+    }
+
+    #[test]
+    fn marginal_cost_is_the_slope_over_steps_that_held() {
+        let steps = [
+            step(1, true, 14, 30.0 + 14.0 * 0.5, 0.01 + 14.0 * 0.02),
+            step(2, true, 28, 30.0 + 28.0 * 0.5, 0.01 + 28.0 * 0.02),
+            step(3, true, 42, 30.0 + 42.0 * 0.5, 0.01 + 42.0 * 0.02),
+            step(4, false, 56, 500.0, 5.0),
+        ];
+        let m = Marginal::fit(&steps).unwrap();
+        assert_eq!(m.steps, 3);
+        assert!((m.rss_mib_per_participant - 0.5).abs() < 1e-9);
+        assert!((m.cpu_cores_per_participant - 0.02).abs() < 1e-9);
+        assert!(Marginal::fit(&steps[..1]).is_none());
+        assert!(Marginal::fit(&[]).is_none());
     }
 }
