@@ -97,3 +97,42 @@ test('DICOM JSON helpers', () => {
   assert.equal(formatDate('20260115'), '2026-01-15');
   assert.equal(tagValue({ '00100010': { vr: 'PN', Value: [{ Alphabetic: 'A^B' }] } }, '00100010'), 'A^B');
 });
+
+test('frame loader: the slice on screen first (alone), then outward; at most 6 requests; evict', async () => {
+  const { Series, framePool } = await import('../js/viewer/series.js');
+  const order = [];
+  let active = 0;
+  let maxActive = 0;
+  const api = {
+    frame: async (study, series, sop) => {
+      active++;
+      maxActive = Math.max(maxActive, active);
+      order.push(Number(sop.split('.').pop()));
+      await new Promise((r) => setTimeout(r, 2));
+      active--;
+      return new ArrayBuffer(4 * 4 * 2);
+    },
+    metadata: async () => [],
+  };
+  const ds = (i) => ({
+    '00080018': { vr: 'UI', Value: [`1.2.${i}`] },
+    '00280010': { vr: 'US', Value: [4] },
+    '00280011': { vr: 'US', Value: [4] },
+    '00280100': { vr: 'US', Value: [16] },
+    '00280103': { vr: 'US', Value: [1] },
+  });
+  const s = new Series(api, '1', '1.2', Array.from({ length: 20 }, (_, i) => ds(i)));
+  framePool.add(s);
+  const done = new Promise((resolve) => s.on('frame', () => s.loaded === s.length && resolve()));
+  s.setFocus(10, 0);
+  await done;
+  assert.equal(order[0], 10, 'the focus first');
+  assert.deepEqual(order.slice(1, 5).sort((a, b) => a - b), [8, 9, 11, 12], 'then its neighbours');
+  assert.ok(maxActive <= 6, `at most 6 at once (${maxActive})`);
+  assert.ok(s.frames.every((f) => f instanceof Int16Array && f.length === 16));
+  assert.equal(s.bytes, 20 * 16 * 2);
+  s.evict();
+  assert.equal(s.loaded, 0);
+  assert.equal(s.bytes, 0);
+  framePool.remove(s);
+});

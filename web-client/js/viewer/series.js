@@ -161,6 +161,20 @@ export class Series extends Emitter {
     });
   }
 
+  /** Bytes held by decoded frames. */
+  get bytes() {
+    return this.loaded * this.rows * this.cols * this.samples * (this.bitsAllocated === 8 ? 1 : 2);
+  }
+
+  /** Drops every decoded frame (memory): fetched again only when the series is shown. */
+  evict() {
+    this.frames.fill(null);
+    this.failed.fill(false);
+    this.loaded = 0;
+    this.allFramesMs = null;
+    this.priority = 2;
+  }
+
   /** Next slice to fetch: the nearest missing one to the focus (priority 1: the focus only). */
   _next() {
     const n = this.length;
@@ -240,7 +254,7 @@ class FramePool {
 
   _pick() {
     // Focus slices of every series first (what is on screen, then thumbnails), then the rest.
-    const list = [...this.series].sort((a, b) => a.priority - b.priority);
+    const list = [...this.series].filter((s) => s.priority <= 1).sort((a, b) => a.priority - b.priority);
     for (const s of list) {
       const i = s.frames[s.focus] || s.failed[s.focus] || s._inFlight.has(s.focus) ? -1 : s.focus;
       if (i >= 0) return { series: s, index: i };

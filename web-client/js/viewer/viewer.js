@@ -12,6 +12,9 @@ import { Series, framePool } from './series.js';
 import { Viewport, clamp, emptyViewportState } from './viewport.js';
 import { LutCache, frameRange, renderGrey } from './render.js';
 
+/** Decoded frames kept for series not on screen, beyond which the least recent are dropped. */
+const CACHE_BYTES = 1024 * 1024 * 1024;
+
 export const LAYOUTS = { '1x1': [1, 1], '1x2': [1, 2], '2x2': [2, 2] };
 
 export const PRESETS = [
@@ -49,6 +52,8 @@ export class Viewer extends Emitter {
     this.room = room;
     /** uid → Promise<Series> */
     this._series = new Map();
+    /** uid → Series, once opened (for the memory bound). */
+    this._open = new Map();
     /** Study list: [{uid, ds, series: [{uid, ds, count}]}] */
     this.studies = [];
     this.layout = '1x1';
@@ -295,12 +300,28 @@ export class Viewer extends Emitter {
       const context = { study: st?.ds, series: st?.series.find((x) => x.uid === uid)?.ds };
       p = Series.open(this.api, study, uid, context).then((s) => {
         framePool.add(s);
+        this._open.set(uid, s);
+        s.on('frame', () => this._trimCache());
         return s;
       });
       p.catch(() => this._series.delete(uid));
       this._series.set(uid, p);
     }
     return p;
+  }
+
+  /** Keeps the decoded frames within CACHE_BYTES, dropping series off screen, oldest first. */
+  _trimCache() {
+    let total = 0;
+    for (const s of this._open.values()) total += s.bytes;
+    if (total <= CACHE_BYTES) return;
+    const shown = new Set(this.viewports.map((v) => v.series).filter(Boolean));
+    for (const s of [...this._open.values()].sort((a, b) => (a.lastShown ?? 0) - (b.lastShown ?? 0))) {
+      if (total <= CACHE_BYTES * 0.8) break;
+      if (shown.has(s) || !s.loaded) continue;
+      total -= s.bytes;
+      s.evict();
+    }
   }
 
   /** The series loaded so far (for the test hook and the annotation layer). */

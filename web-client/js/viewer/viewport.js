@@ -130,6 +130,8 @@ export class Viewport {
         series: series.uid,
       };
       this.state.slice = clampInt(this.state.slice, 0, series.length - 1);
+      series.priority = Math.min(series.priority, 1); // again loadable after an eviction
+      series.lastShown = performance.now();
       series.setFocus(this.state.slice, 0);
       if (this._needsAutoWindow && series.frames[this.state.slice]) this._autoWindow();
     }
