@@ -114,6 +114,8 @@ pub struct CollabRoom {
     viewer: Option<Value>,
     /// Live annotations by the seq of their `add` (which is also their id).
     annotations: BTreeMap<u64, Annotation>,
+    /// Their total size as JSON, against [`MAX_LIVE_BYTES`].
+    live_bytes: usize,
     recent: VecDeque<AnnotationEvent>,
 }
 
@@ -152,6 +154,7 @@ impl CollabRoom {
         while recent.len() > RECENT_EVENTS {
             recent.pop_front();
         }
+        let live_bytes = annotations.values().map(annotation_bytes).sum();
         Self {
             seq,
             members: Vec::new(),
@@ -159,6 +162,7 @@ impl CollabRoom {
             requests: Vec::new(),
             viewer: stored.viewer,
             annotations,
+            live_bytes,
             recent,
         }
     }
@@ -419,6 +423,18 @@ impl CollabRoom {
             })
     }
 
+    /// Whether replacing `old_bytes` of live annotations by `new` stays within the room's
+    /// byte budget.
+    fn within_budget(&self, old_bytes: usize, new: &Annotation) -> Result<(), CollabError> {
+        let after = self.live_bytes - old_bytes.min(self.live_bytes) + annotation_bytes(new);
+        if after > MAX_LIVE_BYTES {
+            return Err(CollabError::TooBig(format!(
+                "a room's live annotations are at most {MAX_LIVE_BYTES} bytes as JSON"
+            )));
+        }
+        Ok(())
+    }
+
     fn annotate(
         &self,
         who: &Collaborator,
@@ -453,6 +469,7 @@ impl CollabRoom {
                         now_ms,
                     },
                 )?;
+                self.within_budget(0, &a)?;
                 (id, Some(Box::new(a)))
             }
             AnnotateOp::Update => {
@@ -463,6 +480,7 @@ impl CollabRoom {
                     ));
                 }
                 let new = updated_annotation(old, annotation.ok_or_else(missing)?, now_ms)?;
+                self.within_budget(annotation_bytes(old), &new)?;
                 (old.id.clone(), Some(Box::new(new)))
             }
             AnnotateOp::Delete => {
@@ -515,15 +533,14 @@ impl CollabRoom {
             return Effects::default();
         };
         self.seq = event.seq;
-        match (&event.op, &event.annotation) {
-            (AnnotateOp::Delete, _) => {
-                self.annotations.remove(&key);
-            }
-            (_, Some(a)) => {
-                self.annotations.insert(key, (**a).clone());
-            }
-            (_, None) => {}
-        }
+        let old = match (&event.op, &event.annotation) {
+            (AnnotateOp::Delete, _) => self.annotations.remove(&key),
+            (_, Some(a)) => self.annotations.insert(key, (**a).clone()),
+            (_, None) => None,
+        };
+        let added = self.annotations.get(&key).map_or(0, annotation_bytes);
+        let removed = old.as_ref().map_or(0, annotation_bytes);
+        self.live_bytes = (self.live_bytes + added).saturating_sub(removed);
         self.recent.push_back(event.clone());
         while self.recent.len() > RECENT_EVENTS {
             self.recent.pop_front();
@@ -1169,6 +1186,46 @@ mod tests {
             total += annotations.len();
         }
         assert_eq!(total, 5);
+    }
+
+    #[test]
+    fn a_room_has_a_byte_budget_for_live_annotations() {
+        let mut room = board();
+        let mut outline = arrow();
+        outline["kind"] = json!("freehand");
+        outline["points"] = json!(vec![[12345.67, 23456.78]; 2000]);
+        let add_outline = |room: &mut CollabRoom| {
+            room.handle(
+                &alice(),
+                req(json!({"type": "annotate", "op": "add", "annotation": outline})),
+                1,
+            )
+        };
+        let mut added = 0;
+        loop {
+            match add_outline(&mut room) {
+                Ok(Step::Durable(p)) => {
+                    room.commit(p);
+                    added += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e.code(), CollabErrorCode::TooBig);
+                    break;
+                }
+                Ok(other) => panic!("{other:?}"),
+            }
+            assert!(added < 1000, "no budget");
+        }
+        let total: usize = room.annotations().map(annotation_bytes).sum();
+        assert!(total <= MAX_LIVE_BYTES && total > MAX_LIVE_BYTES - MAX_ANNOTATION_BYTES);
+        // Deleting one makes room again.
+        let p = pending(room.handle(
+            &alice(),
+            req(json!({"type": "annotate", "op": "delete", "id": "a-1"})),
+            1,
+        ));
+        room.commit(p);
+        assert!(matches!(add_outline(&mut room), Ok(Step::Durable(_))));
     }
 
     #[test]

@@ -40,6 +40,16 @@ pub const MAX_SERVER_FRAME_BYTES: usize = 60 * 1024;
 /// Most live annotations in one room, so that a hostile client cannot grow a room's memory
 /// and every late joiner's snapshot without bound.
 pub const MAX_LIVE_ANNOTATIONS: usize = 5000;
+/// Most bytes (as JSON) of a room's live annotations together: what every late joiner
+/// downloads, so the count limit alone (5000 outlines of 48 KiB) is not enough.
+pub const MAX_LIVE_BYTES: usize = 8 * 1024 * 1024;
+
+/// An annotation's size as JSON, for the room's byte budget.
+pub fn annotation_bytes(a: &Annotation) -> usize {
+    serde_json::to_vec(a)
+        .map(|v| v.len())
+        .unwrap_or(MAX_ANNOTATION_BYTES)
+}
 
 /// The client message types the server handles itself; any other type is relayed.
 pub const COLLAB_TYPES: &[&str] = &["hello", "viewer", "pointer", "annotate", "presenter"];
