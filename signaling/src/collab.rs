@@ -13,7 +13,7 @@ pub use crate::collab_proto::*;
 use crate::{ParticipantId, Role};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// How many recent annotation events a room keeps to answer `hello {since}` with `changes`;
 /// a client further behind gets a snapshot, which is then no bigger anyway.
@@ -116,6 +116,8 @@ pub struct CollabRoom {
     annotations: BTreeMap<u64, Annotation>,
     /// Their total size as JSON, against [`MAX_LIVE_BYTES`].
     live_bytes: usize,
+    /// Each member's annotation allowance: (tokens, at unix ms).
+    allowance: HashMap<ParticipantId, (f64, u64)>,
     recent: VecDeque<AnnotationEvent>,
 }
 
@@ -163,6 +165,7 @@ impl CollabRoom {
             viewer: stored.viewer,
             annotations,
             live_bytes,
+            allowance: HashMap::new(),
             recent,
         }
     }
@@ -245,6 +248,7 @@ impl CollabRoom {
                 id,
                 reference: r,
             } => {
+                self.spend_allowance(&who.id, now_ms)?;
                 let reference = reference(r)?;
                 self.annotate(who, op, annotation, id, reference, now_ms)
                     .map(Step::Durable)
@@ -421,6 +425,22 @@ impl CollabRoom {
                 let shown: String = id.chars().take(32).collect();
                 CollabError::NotFound(format!("no live annotation '{shown}'"))
             })
+    }
+
+    /// Takes one annotation change from `id`'s token bucket.
+    fn spend_allowance(&mut self, id: &ParticipantId, now_ms: u64) -> Result<(), CollabError> {
+        let (tokens, at) = self
+            .allowance
+            .entry(id.clone())
+            .or_insert((ANNOTATE_BURST, now_ms));
+        let refill = now_ms.saturating_sub(*at) as f64 / 1000.0 * ANNOTATE_PER_SECOND;
+        *tokens = (*tokens + refill).min(ANNOTATE_BURST);
+        *at = (*at).max(now_ms);
+        if *tokens < 1.0 {
+            return Err(CollabError::RateLimited);
+        }
+        *tokens -= 1.0;
+        Ok(())
     }
 
     /// Whether replacing `old_bytes` of live annotations by `new` stays within the room's
@@ -638,6 +658,7 @@ impl CollabRoom {
         }
         self.members.retain(|m| &m.id != id);
         self.requests.retain(|r| r != id);
+        self.allowance.remove(id);
         if self.presenter.as_ref() == Some(id) {
             let next = self
                 .members
@@ -739,11 +760,20 @@ mod tests {
                "stats": null})
     }
 
+    thread_local! {
+        /// Each test's own clock: 100 ms per `add`, as slow as the rate limit allows.
+        static CLOCK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
     fn add(room: &mut CollabRoom, who: &Collaborator, r: &str) -> Effects {
+        let now = CLOCK.with(|c| {
+            c.set(c.get() + 100);
+            c.get()
+        });
         let p = pending(room.handle(
             who,
             req(json!({"type": "annotate", "op": "add", "annotation": arrow(), "ref": r})),
-            100,
+            now,
         ));
         room.commit(p)
     }
@@ -1194,11 +1224,13 @@ mod tests {
         let mut outline = arrow();
         outline["kind"] = json!("freehand");
         outline["points"] = json!(vec![[12345.67, 23456.78]; 2000]);
-        let add_outline = |room: &mut CollabRoom| {
+        let mut now = 0;
+        let mut add_outline = |room: &mut CollabRoom| {
+            now += 1000; // slowly enough for the rate limit
             room.handle(
                 &alice(),
                 req(json!({"type": "annotate", "op": "add", "annotation": outline})),
-                1,
+                now,
             )
         };
         let mut added = 0;
@@ -1222,10 +1254,40 @@ mod tests {
         let p = pending(room.handle(
             &alice(),
             req(json!({"type": "annotate", "op": "delete", "id": "a-1"})),
-            1,
+            u64::MAX / 2,
         ));
         room.commit(p);
         assert!(matches!(add_outline(&mut room), Ok(Step::Durable(_))));
+    }
+
+    #[test]
+    fn annotation_changes_are_rate_limited_per_participant() {
+        let mut room = board();
+        let add = |room: &mut CollabRoom, who: &Collaborator, now| {
+            room.handle(
+                who,
+                req(json!({"type": "annotate", "op": "add", "annotation": arrow()})),
+                now,
+            )
+        };
+        for _ in 0..ANNOTATE_BURST as usize {
+            let p = pending(add(&mut room, &alice(), 1000));
+            room.commit(p);
+        }
+        assert_eq!(
+            code(add(&mut room, &alice(), 1000)),
+            CollabErrorCode::RateLimited
+        );
+        // Others are not affected; time refills the allowance.
+        assert!(matches!(add(&mut room, &bob(), 1000), Ok(Step::Durable(_))));
+        assert!(matches!(
+            add(&mut room, &alice(), 1100),
+            Ok(Step::Durable(_))
+        ));
+        assert_eq!(
+            code(add(&mut room, &alice(), 1100)),
+            CollabErrorCode::RateLimited
+        );
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub const MAX_SERVER_FRAME_BYTES: usize = 60 * 1024;
 /// Most live annotations in one room, so that a hostile client cannot grow a room's memory
 /// and every late joiner's snapshot without bound.
 pub const MAX_LIVE_ANNOTATIONS: usize = 5000;
+/// Annotation changes one participant may make in a burst: each is an fsync and a row in
+/// the log forever, and a person drawing makes a few per second at most.
+pub const ANNOTATE_BURST: f64 = 30.0;
+/// Annotation changes per second one participant may sustain.
+pub const ANNOTATE_PER_SECOND: f64 = 10.0;
 /// Most bytes (as JSON) of a room's live annotations together: what every late joiner
 /// downloads, so the count limit alone (5000 outlines of 48 KiB) is not enough.
 pub const MAX_LIVE_BYTES: usize = 8 * 1024 * 1024;
@@ -82,6 +87,7 @@ pub enum CollabErrorCode {
     NotFound,
     TooBig,
     StorageFailed,
+    RateLimited,
 }
 
 impl CollabErrorCode {
@@ -94,6 +100,7 @@ impl CollabErrorCode {
             CollabErrorCode::NotFound => "not_found",
             CollabErrorCode::TooBig => "too_big",
             CollabErrorCode::StorageFailed => "storage_failed",
+            CollabErrorCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -113,6 +120,8 @@ pub enum CollabError {
     TooBig(String),
     #[error("the change could not be stored; nothing changed (try again)")]
     StorageFailed,
+    #[error("too many annotation changes; wait a moment")]
+    RateLimited,
 }
 
 impl CollabError {
@@ -125,6 +134,7 @@ impl CollabError {
             CollabError::NotFound(_) => CollabErrorCode::NotFound,
             CollabError::TooBig(_) => CollabErrorCode::TooBig,
             CollabError::StorageFailed => CollabErrorCode::StorageFailed,
+            CollabError::RateLimited => CollabErrorCode::RateLimited,
         }
     }
 
