@@ -10,6 +10,8 @@ use std::time::Duration;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const DEFAULT_SILENCE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_UPLOAD: u64 = 4 << 30;
+const DEFAULT_MAX_INSTANCE: u64 = 2 << 30;
 
 /// Flags of `consilium serve` (also the default command). Every flag has an environment
 /// variable; a value given nowhere comes from `--config` or the default.
@@ -43,6 +45,16 @@ pub struct ServeArgs {
     /// [default: ./data]. Created if missing.
     #[arg(long, env = "CONSILIUM_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Write the synthetic CT phantom into room `demo` when the study store is empty
+    /// [default: true].
+    #[arg(long, env = "CONSILIUM_DEMO_STUDY")]
+    pub demo_study: Option<bool>,
+    /// Largest STOW-RS upload (request body) in bytes [default: 4 GiB].
+    #[arg(long, env = "CONSILIUM_MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<u64>,
+    /// Largest single DICOM file (or zip entry) in bytes [default: 2 GiB].
+    #[arg(long, env = "CONSILIUM_MAX_INSTANCE_BYTES")]
+    pub max_instance_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +68,9 @@ struct FileConfig {
     room_cap: Option<usize>,
     web_root: Option<PathBuf>,
     data_dir: Option<PathBuf>,
+    demo_study: Option<bool>,
+    max_upload_bytes: Option<u64>,
+    max_instance_bytes: Option<u64>,
 }
 
 /// The resolved configuration the server runs with.
@@ -69,6 +84,12 @@ pub struct Config {
     pub web_root: PathBuf,
     /// Where studies, annotations and the databases live.
     pub data_dir: PathBuf,
+    /// Write the demo CT phantom into room `demo` when the study store is empty.
+    pub demo_study: bool,
+    /// Largest STOW-RS request body.
+    pub max_upload_bytes: u64,
+    /// Largest single DICOM file or zip entry in an upload.
+    pub max_instance_bytes: u64,
     /// A media connection that is not up after this long is dropped.
     pub media_connect_timeout: Duration,
     /// A media connection silent for this long is dropped (browsers send consent checks
@@ -88,6 +109,9 @@ impl Config {
             room_cap: 50,
             web_root: default_web_root(),
             data_dir: test_data_dir(),
+            demo_study: false,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD,
+            max_instance_bytes: DEFAULT_MAX_INSTANCE,
             media_connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             media_silence_timeout: DEFAULT_SILENCE_TIMEOUT,
         }
@@ -140,6 +164,15 @@ impl Config {
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("data")),
+            demo_study: args.demo_study.or(file.demo_study).unwrap_or(true),
+            max_upload_bytes: args
+                .max_upload_bytes
+                .or(file.max_upload_bytes)
+                .unwrap_or(DEFAULT_MAX_UPLOAD),
+            max_instance_bytes: args
+                .max_instance_bytes
+                .or(file.max_instance_bytes)
+                .unwrap_or(DEFAULT_MAX_INSTANCE),
             media_connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             media_silence_timeout: DEFAULT_SILENCE_TIMEOUT,
         })

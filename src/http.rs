@@ -18,6 +18,7 @@ pub fn router(state: AppState, web_root: &Path) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/ws", get(websocket))
+        .nest("/dicomweb", crate::studies::router())
         .fallback_service(ServeDir::new(web_root).append_index_html_on_directories(true))
         .with_state(state)
 }

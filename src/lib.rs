@@ -9,6 +9,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod session;
+pub mod studies;
 
 use anyhow::Context;
 use consilium_sfu::{Sfu, SfuConfig, SfuHandle};
@@ -30,6 +31,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The authority over every room's shared viewer and annotations (durable, SQLite).
     pub collab: Arc<collab::Collaboration>,
+    /// The DICOMweb study store (uploaded studies, their index, decoded frames).
+    pub studies: Arc<studies::StudyStore>,
     /// Turns true once when the server shuts down; every session watches it.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -81,6 +84,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let media_addr = sfu_handle.media_addr();
     let media_task = tokio::spawn(sfu.run(shutdown_rx.clone()));
 
+    let studies = open_studies(&config).await?;
     let collab_store = collab_store::CollabStore::open(&config.data_dir).with_context(|| {
         format!(
             "opening the shared-viewer database in {}",
@@ -101,6 +105,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             .map(|s| TokenAuthority::new(s.as_bytes())),
         metrics,
         collab: collab.clone(),
+        studies,
         shutdown: shutdown_rx.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.http)
@@ -127,4 +132,32 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         media_task,
         collab,
     })
+}
+
+/// Opens the study store under `config.data_dir` and, on a fresh store with `demo_study`
+/// set, writes the demo CT phantom into room `demo`.
+async fn open_studies(config: &Config) -> anyhow::Result<Arc<studies::StudyStore>> {
+    let data_dir = config.data_dir.clone();
+    let limits = studies::StoreLimits {
+        max_request_bytes: config.max_upload_bytes,
+        max_file_bytes: config.max_instance_bytes,
+        ..Default::default()
+    };
+    let demo = config.demo_study;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let store = studies::StudyStore::open(&data_dir, limits)
+            .with_context(|| format!("opening the study store in {}", data_dir.display()))?;
+        if demo && store.is_empty()? {
+            let started = std::time::Instant::now();
+            studies::phantom::write_into(&store, studies::DEFAULT_ROOM)
+                .context("writing the demo CT phantom")?;
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "wrote the demo CT phantom into room 'demo'"
+            );
+        }
+        Ok(Arc::new(store))
+    })
+    .await
+    .context("opening the study store")?
 }

@@ -1,0 +1,454 @@
+//! The DICOMweb HTTP interface (`/dicomweb/...`): STOW-RS, QIDO-RS, WADO-RS, and the room
+//! check in front of all of them.
+
+use super::index::{InstanceRow, StudyFilter};
+use super::stow::{self, StowError};
+use super::{DEFAULT_ROOM, StoreError, StudyStore, json, pixels::DecodeError};
+use crate::AppState;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use consilium_signaling::{Role, SignalingError};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Media type of DICOM JSON.
+const DICOM_JSON: &str = "application/dicom+json";
+/// Media type of a decoded frame (explicit VR little endian = uncompressed LE values).
+const FRAME_TYPE: &str = "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1";
+
+/// Routes under `/dicomweb` (nest it there).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/studies", get(search_studies).post(store_instances))
+        .route("/studies/{study}/series", get(search_series))
+        .route(
+            "/studies/{study}/series/{series}/instances",
+            get(search_instances),
+        )
+        .route(
+            "/studies/{study}/series/{series}/metadata",
+            get(series_metadata),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{sop}",
+            get(retrieve_instance),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{sop}/metadata",
+            get(instance_metadata),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}",
+            get(retrieve_frames),
+        )
+        // Bodies are streamed to disk and limited by the store itself.
+        .layer(DefaultBodyLimit::disable())
+}
+
+/// Everything a DICOMweb request can fail with, mapped to a status and a JSON body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a token is required (Authorization: Bearer … or ?token=)")]
+    NoToken,
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Stow(#[from] StowError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the request was interrupted: {0}")]
+    Task(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NoToken | ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Stow(e) => match e {
+                StowError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                StowError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                StowError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            },
+            ApiError::Store(StoreError::Decode(DecodeError::NoSuchFrame(..))) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::Store(StoreError::Decode(DecodeError::NoPixelData)) => StatusCode::NOT_FOUND,
+            // A codec that cannot decode this instance: the request is fine, the server
+            // cannot fulfil it; say why.
+            ApiError::Store(StoreError::Decode(_)) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Store(_) | ApiError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "DICOMweb request failed");
+        }
+        let body = serde_json::json!({ "error": self.to_string() });
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+/// Runs blocking store work (SQLite, file I/O, decoding) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Task(e.to_string()))?
+}
+
+/// Who is asking: in open demo mode, anybody; with auth on, the holder of a valid token
+/// for one room.
+enum Caller {
+    Open,
+    Member { room: String, role: Role },
+}
+
+fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> Result<Caller, ApiError> {
+    let Some(auth) = &state.auth else {
+        return Ok(Caller::Open);
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let token = bearer
+        .or(q.get("token").map(String::as_str))
+        .ok_or(ApiError::NoToken)?;
+    let claims = auth.verify_claims(token).map_err(|e| match e {
+        SignalingError::Forbidden(what) => ApiError::Forbidden(what.to_string()),
+        other => ApiError::Unauthorized(other.to_string()),
+    })?;
+    Ok(Caller::Member {
+        room: claims.room,
+        role: claims.role,
+    })
+}
+
+impl Caller {
+    fn may_read(&self, room: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Open => Ok(()),
+            Caller::Member { room: mine, .. } if mine == room => Ok(()),
+            Caller::Member { .. } => Err(ApiError::Forbidden(
+                "the token is for another room than this study's".into(),
+            )),
+        }
+    }
+
+    fn room_for_query(&self, asked: Option<&String>) -> Result<String, ApiError> {
+        match (self, asked) {
+            (Caller::Open, Some(r)) => Ok(r.clone()),
+            (Caller::Open, None) => Ok(DEFAULT_ROOM.to_owned()),
+            (Caller::Member { room, .. }, None) => Ok(room.clone()),
+            (Caller::Member { room, .. }, Some(r)) if r == room => Ok(room.clone()),
+            (Caller::Member { .. }, Some(_)) => {
+                Err(ApiError::Forbidden("the token is for another room".into()))
+            }
+        }
+    }
+}
+
+/// Base of RetrieveURLs in responses, from the Host the client used.
+fn base_url(headers: &HeaderMap) -> String {
+    match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        Some(host) if !host.contains(['/', ' ', '"']) => format!("http://{host}/dicomweb"),
+        _ => "/dicomweb".to_owned(),
+    }
+}
+
+fn dicom_json(v: Value) -> Response {
+    ([(header::CONTENT_TYPE, DICOM_JSON)], v.to_string()).into_response()
+}
+
+/// Checks the caller may see `study` and returns nothing else: 404 for an unknown study.
+async fn authorize_study(
+    store: &Arc<StudyStore>,
+    caller: &Caller,
+    study: &str,
+) -> Result<(), ApiError> {
+    let s = store.clone();
+    let id = study.to_owned();
+    let room = blocking(move || Ok(s.study_room(&id)?)).await?;
+    let room = room.ok_or_else(|| ApiError::NotFound(format!("no study {study}")))?;
+    caller.may_read(&room)
+}
+
+/// STOW-RS: `POST /dicomweb/studies?room=R`.
+async fn store_instances(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let who = caller(&state, &headers, &q)?;
+    let room = who.room_for_query(q.get("room"))?;
+    if let Caller::Member {
+        role: Role::Observer,
+        ..
+    } = who
+    {
+        return Err(ApiError::Forbidden(
+            "observers cannot upload studies".into(),
+        ));
+    }
+    consilium_signaling::validate::room_name(&room)
+        .map_err(|e| ApiError::BadRequest(format!("room: {e}")))?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let report = stow::receive(
+        state.studies.clone(),
+        room,
+        &content_type,
+        body.into_data_stream(),
+    )
+    .await?;
+    let status = StatusCode::from_u16(report.status()).unwrap_or(StatusCode::OK);
+    Ok((status, dicom_json(report.to_json(&base_url(&headers)))).into_response())
+}
+
+fn filter_from(q: &HashMap<String, String>) -> Result<StudyFilter, ApiError> {
+    let get = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| q.get(*k))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    let num = |keys: &[&str]| -> Result<Option<u32>, ApiError> {
+        get(keys)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| ApiError::BadRequest(format!("{} must be a number", keys[0])))
+            })
+            .transpose()
+    };
+    Ok(StudyFilter {
+        study_uid: get(&["StudyInstanceUID", "0020000D"]),
+        patient_id: get(&["PatientID", "00100020"]),
+        patient_name: get(&["PatientName", "00100010"]),
+        study_date: get(&["StudyDate", "00080020"]),
+        accession_number: get(&["AccessionNumber", "00080050"]),
+        modality: get(&["ModalitiesInStudy", "00080061", "Modality"]),
+        limit: num(&["limit"])?,
+        offset: num(&["offset"])?,
+    })
+}
+
+/// QIDO-RS: `GET /dicomweb/studies?room=R` (with PatientID, PatientName, StudyDate,
+/// AccessionNumber, ModalitiesInStudy, StudyInstanceUID, limit, offset).
+async fn search_studies(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = caller(&state, &headers, &q)?;
+    let room = who.room_for_query(q.get("room"))?;
+    let filter = filter_from(&q)?;
+    let store = state.studies.clone();
+    let rows = blocking(move || Ok(store.studies(&room, &filter)?)).await?;
+    let base = base_url(&headers);
+    Ok(dicom_json(Value::Array(
+        rows.iter().map(|s| json::study(s, &base)).collect(),
+    )))
+}
+
+/// QIDO-RS: `GET /dicomweb/studies/{study}/series`.
+async fn search_series(
+    State(state): State<AppState>,
+    Path(study): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = caller(&state, &headers, &q)?;
+    authorize_study(&state.studies, &who, &study).await?;
+    let store = state.studies.clone();
+    let rows = blocking(move || Ok(store.series(&study)?)).await?;
+    let base = base_url(&headers);
+    Ok(dicom_json(Value::Array(
+        rows.iter().map(|s| json::series(s, &base)).collect(),
+    )))
+}
+
+async fn ordered_instances(
+    state: &AppState,
+    who: &Caller,
+    study: String,
+    series: String,
+) -> Result<Vec<InstanceRow>, ApiError> {
+    authorize_study(&state.studies, who, &study).await?;
+    let store = state.studies.clone();
+    let rows = blocking(move || Ok(store.instances(&study, &series)?)).await?;
+    if rows.is_empty() {
+        return Err(ApiError::NotFound("no such series in this study".into()));
+    }
+    Ok(rows)
+}
+
+/// QIDO-RS: `GET /dicomweb/studies/{study}/series/{series}/instances`, in slice order.
+async fn search_instances(
+    State(state): State<AppState>,
+    Path((study, series)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = caller(&state, &headers, &q)?;
+    let rows = ordered_instances(&state, &who, study, series).await?;
+    let base = base_url(&headers);
+    Ok(dicom_json(Value::Array(
+        rows.iter().map(|i| json::instance(i, &base)).collect(),
+    )))
+}
+
+/// WADO-RS: `GET .../series/{series}/metadata`: every instance's data set without pixel
+/// data, in slice order.
+async fn series_metadata(
+    State(state): State<AppState>,
+    Path((study, series)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = caller(&state, &headers, &q)?;
+    let rows = ordered_instances(&state, &who, study, series).await?;
+    let store = state.studies.clone();
+    let all = blocking(move || {
+        rows.iter()
+            .map(|r| store.metadata(r).map_err(ApiError::from))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    Ok(dicom_json(Value::Array(all)))
+}
+
+async fn one_instance(
+    state: &AppState,
+    who: &Caller,
+    study: String,
+    series: String,
+    sop: String,
+) -> Result<InstanceRow, ApiError> {
+    authorize_study(&state.studies, who, &study).await?;
+    let store = state.studies.clone();
+    blocking(move || {
+        store
+            .instance(&study, &series, &sop)?
+            .ok_or_else(|| ApiError::NotFound(format!("no instance {sop} in this series")))
+    })
+    .await
+}
+
+/// WADO-RS: `GET .../instances/{sop}/metadata`.
+async fn instance_metadata(
+    State(state): State<AppState>,
+    Path((study, series, sop)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = caller(&state, &headers, &q)?;
+    let row = one_instance(&state, &who, study, series, sop).await?;
+    let store = state.studies.clone();
+    let v = blocking(move || Ok(store.metadata(&row)?)).await?;
+    Ok(dicom_json(Value::Array(vec![v])))
+}
+
+/// WADO-RS: `GET .../instances/{sop}`: the stored Part-10 file as `application/dicom`.
+async fn retrieve_instance(
+    State(state): State<AppState>,
+    Path((study, series, sop)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = caller(&state, &headers, &q)?;
+    let row = one_instance(&state, &who, study, series, sop).await?;
+    let store = state.studies.clone();
+    let bytes = blocking(move || Ok(store.read_file(&row)?)).await?;
+    Ok(([(header::CONTENT_TYPE, "application/dicom")], bytes).into_response())
+}
+
+fn frame_numbers(list: &str) -> Result<Vec<u32>, ApiError> {
+    let nums: Vec<u32> = list
+        .split(',')
+        .map(|s| s.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            ApiError::BadRequest(format!("frame list '{list}' is not a list of numbers"))
+        })?;
+    if nums.is_empty() || nums.len() > 10_000 || nums.contains(&0) {
+        return Err(ApiError::BadRequest("frames are numbered from 1".into()));
+    }
+    Ok(nums)
+}
+
+/// WADO-RS: `GET .../instances/{sop}/frames/{n}`: decoded frame(s) as little-endian stored
+/// values. One frame: `application/octet-stream`; several (`1,2,3`): multipart/related.
+async fn retrieve_frames(
+    State(state): State<AppState>,
+    Path((study, series, sop, list)): Path<(String, String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = caller(&state, &headers, &q)?;
+    let wanted = frame_numbers(&list)?;
+    let row = one_instance(&state, &who, study, series, sop).await?;
+    let store = state.studies.clone();
+    let frames = blocking(move || Ok(store.frames(&row)?)).await?;
+    let mut parts = Vec::with_capacity(wanted.len());
+    for n in &wanted {
+        let f = frames.frame(*n).ok_or(ApiError::Store(StoreError::Decode(
+            DecodeError::NoSuchFrame(*n, frames.count),
+        )))?;
+        parts.push(f);
+    }
+    if let [one] = parts.as_slice() {
+        let mut resp = one.to_vec().into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(FRAME_TYPE));
+        return Ok(resp);
+    }
+    let boundary = "consilium-frame-boundary-7d1e";
+    let mut body = Vec::new();
+    for p in parts {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: {FRAME_TYPE}\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(p);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let ct = format!("multipart/related; type=\"application/octet-stream\"; boundary={boundary}");
+    Ok(([(header::CONTENT_TYPE, ct)], body).into_response())
+}
