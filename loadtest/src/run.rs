@@ -168,22 +168,68 @@ async fn fetch_metrics(host: &str) -> Result<String, String> {
 /// CPU seconds this process has used (user + system), from /proc: whether the load
 /// generator, not the server, was the limit.
 fn own_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
+    cpu_seconds_of("self").unwrap_or(0.0)
+}
+
+/// CPU seconds (user + system) of a process, from `/proc/<pid>/stat` in clock ticks
+/// (100 Hz on Linux).
+fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_seconds_from_stat(&stat)
+}
+
+fn cpu_seconds_from_stat(stat: &str) -> Option<f64> {
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
-        return 0.0;
-    };
+    let after = stat.rsplit_once(')').map(|(_, a)| a)?;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
     // Field 3 of stat is fields[0] here; utime (14) is fields[11], stime (15) fields[12].
-    (ticks(11) + ticks(12)) / 100.0
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// The pid of the local process listening on TCP `port` (the server, when it runs on this
+/// machine): its CPU is then read from /proc at 10 ms resolution, because the `process`
+/// collector of the prometheus crate (0.14) counts `process_cpu_seconds_total` in whole
+/// seconds, too coarse for a few seconds' window.
+pub fn local_listener_pid(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let port_matches = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                == Some(port);
+            if *state == "0A" && port_matches {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
+                    return Some(pid);
+                }
+            }
+        }
+    }
+    None
 }
 
 struct State {
@@ -203,6 +249,8 @@ struct State {
     tokens: Option<TokenAuthority>,
     run_id: String,
     baseline_rss: Option<f64>,
+    /// The server's pid when it runs here (its CPU is then read from /proc).
+    server_pid: Option<u32>,
 }
 
 impl State {
@@ -324,6 +372,11 @@ impl State {
             .await
             .ok()
             .and_then(|t| ServerSample::parse(&t));
+        if let (Some(server), Some(pid)) = (s.server.as_mut(), self.server_pid) {
+            if let Some(cpu) = cpu_seconds_of(&pid.to_string()) {
+                server.cpu_seconds = cpu;
+            }
+        }
         s
     }
 
@@ -433,6 +486,10 @@ pub async fn run(options: RunOptions) -> Result<RunReport, RunError> {
             addr: metrics_host.clone(),
             reason,
         })?;
+    let server_pid = metrics_host
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .and_then(local_listener_pid);
     let clip_dir = options.clip_dir.clone();
     // ffmpeg and libopus take a while the first time: keep them off the runtime's threads.
     let media = Arc::new(
@@ -473,6 +530,7 @@ pub async fn run(options: RunOptions) -> Result<RunReport, RunError> {
         tokens,
         run_id: format!("{:06x}", rand::random::<u32>() & 0xff_ffff),
         baseline_rss: ServerSample::parse(&first).map(|s| s.rss_bytes),
+        server_pid,
         options,
     };
     let first = st.snapshot().await;
@@ -576,6 +634,13 @@ pub async fn run(options: RunOptions) -> Result<RunReport, RunError> {
     st.bar.finish_and_clear();
     lag_task.abort();
     let report = RunReport::new(crate::run_report::RunInfo {
+        server_cpu_source: match st.server_pid {
+            Some(pid) if pid == std::process::id() => {
+                "/proc (server in this process: includes the load generator)".to_owned()
+            }
+            Some(pid) => format!("/proc/{pid}/stat"),
+            None => "/metrics process_cpu_seconds_total (whole seconds)".to_owned(),
+        },
         scenario: scenario.clone(),
         url: st.options.url.clone(),
         observers_have_role: st.options.jwt_secret.is_some(),
@@ -726,6 +791,21 @@ mod tests {
         );
         assert_eq!(metric_sum(text, "nothing"), None);
         assert!(ServerSample::parse("consilium_forwarded_bytes_total 1\n").is_none());
+    }
+
+    #[test]
+    fn cpu_time_from_proc_stat() {
+        let stat = "1234 (my (odd) name) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 4 0 100";
+        assert_eq!(cpu_seconds_from_stat(stat), Some(3.0));
+        assert!(own_cpu_seconds() >= 0.0);
+        assert_eq!(cpu_seconds_from_stat("garbage"), None);
+    }
+
+    #[tokio::test]
+    async fn finds_the_local_listener() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(local_listener_pid(port), Some(std::process::id()));
     }
 
     #[test]

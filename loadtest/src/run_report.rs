@@ -99,6 +99,8 @@ pub struct MediaInfo {
 /// Everything the runner hands to the report.
 #[derive(Debug, Clone)]
 pub struct RunInfo {
+    /// Where the server's CPU time was read.
+    pub server_cpu_source: String,
     pub scenario: Scenario,
     pub url: String,
     pub observers_have_role: bool,
@@ -132,6 +134,7 @@ pub struct RunReport {
     /// `observer` when observers joined with that role (a JWT secret was given), else
     /// `participant` (open mode: receive-only participants).
     pub observers_joined_as: &'static str,
+    pub server_cpu_source: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -239,6 +242,7 @@ impl RunReport {
             } else {
                 "participant"
             },
+            server_cpu_source: info.server_cpu_source,
             steps: info.steps,
             stop_reason: info.stop_reason,
             half_load,
