@@ -62,6 +62,7 @@ window.consiliumViewer = {
   isPresenter: () => !!current.sync?.isPresenter,
   presenter: () => current.sync?.presenter ?? null,
   synced: () => !!current.sync?.synced,
+  syncLog: () => [...(current.sync?.log ?? [])],
   metrics: () => ({ ...(current.viewer?.metrics ?? {}) }),
   /** Whether every viewport with a series has its current slice decoded and drawn. */
   ready: () => !!current.viewer && current.viewer.viewports.every((v) => !v.series || (v.frame && v.el.dataset.loaded === 'true')),

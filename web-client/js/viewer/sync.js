@@ -34,6 +34,7 @@ export class ViewerSync extends Emitter {
     this._stateRaf = 0;
     this._pointerRaf = 0;
     this._pendingPointer = undefined;
+    this.log = [];
     this._restore();
 
     this._offs = [
@@ -119,11 +120,15 @@ export class ViewerSync extends Emitter {
   _hello() {
     this.synced = false;
     this._sentState = '';
-    this._send({ type: 'hello', since: this.seq });
+    const sent = this._send({ type: 'hello', since: this.seq });
+    this.log.push({ at: Math.round(performance.now()), type: 'sent hello', seq: this.seq, sent });
   }
 
   _onMessage(msg) {
     if (!msg || typeof msg !== 'object') return;
+    // The last protocol messages, for debugging (window.consiliumViewer.syncLog()).
+    this.log.push({ at: Math.round(performance.now()), type: msg.type ?? 'relay', seq: msg.seq, part: msg.part, more: msg.more, n: msg.annotations?.length ?? msg.events?.length, op: msg.op, code: msg.code });
+    if (this.log.length > 200) this.log.splice(0, 100);
     if (msg.error && !msg.type) {
       // docs/protocol.md's answer to a frame the server could not read at all.
       console.warn('[consilium] data channel frame refused', msg.error);
@@ -189,6 +194,8 @@ export class ViewerSync extends Emitter {
 
   _afterSync() {
     this.synced = true;
+    // After a reconnect: studies uploaded meanwhile were announced while we were away.
+    if (this._everSynced) this.viewer.refresh();
     this._everSynced = true;
     this._save();
     this.annotations.resendPending();
