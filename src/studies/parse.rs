@@ -337,7 +337,7 @@ fn sniff_at(path: &Path, offset: u64, after_meta: bool) -> Result<Vec<&'static s
     if read_up_to(&mut f, &mut h)? < 8 {
         return Ok(vec![]);
     }
-    let standard = |g: u16| g % 2 == 0 && (0x0002..=0x0030).contains(&g);
+    let standard = |g: u16| g.is_multiple_of(2) && (0x0002..=0x0030).contains(&g);
     let any = |g: u16| (0x0001..0x7FE1).contains(&g);
     let le = u16::from_le_bytes([h[0], h[1]]);
     let be = u16::from_be_bytes([h[0], h[1]]);

@@ -101,6 +101,23 @@ pub fn decode_file(path: &Path) -> Result<Frames, DecodeError> {
     let opened = parse::open_lenient(path)?;
     let obj = opened.obj;
     let layout = Layout::of(&obj)?;
+    let ts = obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches(['\0', ' '])
+        .to_owned();
+    if l_is_plain_rgb_jpeg(&layout, &ts) {
+        let frames = catch_unwind(AssertUnwindSafe(|| rgb_jpeg_frames(&obj, &layout)))
+            .map_err(|_| DecodeError::CodecPanicked)?;
+        if let Some((count, data)) = frames? {
+            let data = normalize(&layout, PlanarConfiguration::Standard, count as usize, data)?;
+            return Ok(Frames {
+                frame_len: layout.frame_len(),
+                count,
+                data,
+            });
+        }
+    }
     let decoded = catch_unwind(AssertUnwindSafe(|| {
         obj.decode_pixel_data().map(|px| {
             (
@@ -126,6 +143,66 @@ pub fn decode_file(path: &Path) -> Result<Frames, DecodeError> {
         count,
         data,
     })
+}
+
+/// An 8-bit RGB image in JPEG baseline/extended: the case where the codec's colour
+/// conversion has to be decided here.
+fn l_is_plain_rgb_jpeg(l: &Layout, ts: &str) -> bool {
+    l.photometric == "RGB"
+        && l.spp == 3
+        && l.bits_allocated == 8
+        && matches!(ts, "1.2.840.10008.1.2.4.50" | "1.2.840.10008.1.2.4.51")
+}
+
+/// Decodes RGB JPEG frames without colour conversion when the stream has no (complete) Adobe
+/// APP14 marker: DICOM says the samples are RGB (PhotometricInterpretation), and without the marker
+/// jpeg-decoder would assume YCbCr. `None`: the stream has the marker, the usual path is right.
+fn rgb_jpeg_frames(
+    obj: &DefaultDicomObject,
+    l: &Layout,
+) -> Result<Option<(u32, Vec<u8>)>, DecodeError> {
+    let pixel = obj.get(tags::PIXEL_DATA).ok_or(DecodeError::NoPixelData)?;
+    let dicom_core::DicomValue::PixelSequence(seq) = pixel.value() else {
+        return Ok(None);
+    };
+    let stream: Vec<u8> = seq.fragments().iter().flatten().copied().collect();
+    // A complete APP14 segment is 14 bytes long; a shorter one carries no transform flag and
+    // is ignored by libjpeg, as here.
+    let adobe = |w: &[u8]| {
+        w[0] == 0xFF
+            && w[1] == 0xEE
+            && u16::from_be_bytes([w[2], w[3]]) >= 14
+            && &w[4..9] == b"Adobe"
+    };
+    if stream.windows(9).any(adobe) {
+        return Ok(None);
+    }
+    let frames = obj
+        .get(tags::NUMBER_OF_FRAMES)
+        .and_then(|e| e.to_int::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut out = Vec::with_capacity(l.frame_len() * frames as usize);
+    let mut pos = 0usize;
+    for i in 0..frames {
+        let Some(start) = stream[pos..]
+            .windows(2)
+            .position(|w| w == [0xFF, 0xD8])
+            .map(|p| p + pos)
+        else {
+            return Err(DecodeError::Codec(format!("JPEG: no frame {}", i + 1)));
+        };
+        let mut cursor = std::io::Cursor::new(&stream[start..]);
+        let mut d = jpeg_decoder::Decoder::new(&mut cursor);
+        d.set_color_transform(jpeg_decoder::ColorTransform::None);
+        d.set_max_decoding_buffer_size(l.frame_len().max(1));
+        let px = d
+            .decode()
+            .map_err(|e| DecodeError::Codec(format!("JPEG frame {}: {e}", i + 1)))?;
+        out.extend_from_slice(&px);
+        pos = start + cursor.position() as usize;
+    }
+    Ok(Some((frames, out)))
 }
 
 /// RLE Lossless.
@@ -281,7 +358,7 @@ fn normalize(
 
 fn upsample_422(data: &[u8], pixels: usize, frames: usize) -> Result<Vec<u8>, DecodeError> {
     let in_frame = pixels * 2;
-    if data.len() < in_frame * frames || pixels % 2 != 0 {
+    if data.len() < in_frame * frames || !pixels.is_multiple_of(2) {
         return Err(DecodeError::ShortOutput {
             actual: data.len(),
             expected: in_frame * frames,

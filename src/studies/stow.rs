@@ -389,17 +389,16 @@ fn looks_like_zip(path: &Path) -> bool {
         && head == *b"PK\x03\x04"
 }
 
+/// Each file's name and what became of it.
+type Verdicts = Vec<(String, Result<Stored, ImportError>)>;
+
 /// Most entries one zip may hold.
 const MAX_ZIP_ENTRIES: usize = 100_000;
 
 /// Imports every file of a zip, each with its own verdict. Directory entries and the usual
 /// companions of a DICOM export (DICOMDIR, READMEs, viewer executables) are refused
 /// individually like any non-DICOM file, except DICOMDIR and directories, which are skipped.
-fn import_zip(
-    store: &StudyStore,
-    room: &str,
-    path: &Path,
-) -> Result<Vec<(String, Result<Stored, ImportError>)>, ImportError> {
+fn import_zip(store: &StudyStore, room: &str, path: &Path) -> Result<Verdicts, ImportError> {
     let bad = |e: String| ImportError::Parse(super::parse::ParseError::NotDicom(e));
     let file = std::fs::File::open(path).map_err(|e| ImportError::Store(e.to_string()))?;
     let mut archive =
