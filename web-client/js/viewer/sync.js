@@ -45,6 +45,8 @@ export class ViewerSync extends Emitter {
       }),
       session.on('data', (msg) => this._onMessage(msg)),
       session.on('participants', () => this._render()),
+      // Tiles appear a moment after the participant (their media starts later).
+      session.on('remote-media', () => setTimeout(() => this._render(), 0)),
       session.on('joined', () => this._render()),
       viewer.on('change', (ev) => this._onViewerChange(ev)),
       viewer.on('pointer', (p) => this._onPointer(p)),
@@ -323,6 +325,10 @@ export class ViewerSync extends Emitter {
     root.dataset.presenter = this.presenter ?? '';
     // Observers only watch: the server refuses their annotations, so no tools are offered.
     root.dataset.role = this.session.role ?? '';
+    // The presenter's video tile is outlined, so everyone sees whose screen they follow.
+    for (const tile of document.querySelectorAll('figure.tile[data-participant-id]')) {
+      tile.dataset.presenting = String(!!this.presenter && tile.dataset.participantId === this.presenter);
+    }
     const badge = document.createElement('span');
     badge.className = 'vw-presenter';
     badge.dataset.mode = mode;
