@@ -196,6 +196,9 @@ test('shared viewer: presenter, followers, annotations, late joiner, restart, up
         pages.push(follower);
         await waitFor(() => hook(follower, () => window.consiliumViewer.isFollowing()), { message: 'the follower to follow' });
         await expectSameView(presenter, follower, 'after joining');
+        // The viewer is the stage; the video tiles are in the strip beside it.
+        await presenter.waitForSelector('#call-view[data-viewer="on"] #strip video[data-participant="Dr Follower"]', { timeout: 20_000 });
+        await follower.waitForSelector('#call-view[data-viewer="on"] #strip video[data-participant="Dr Presenter"]', { timeout: 20_000 });
 
         const box = await viewportBox(presenter);
         const cx = box.x + box.width / 2;
@@ -330,6 +333,18 @@ test('shared viewer: presenter, followers, annotations, late joiner, restart, up
         assert.deepEqual(got, want, `late joiner's protocol log: ${JSON.stringify(await hook(late, () => window.consiliumViewer.syncLog()))}; presenter's: ${JSON.stringify((await hook(presenter, () => window.consiliumViewer.syncLog())).slice(-15))}`);
         assert.equal(want.length, 2);
         await expectSameView(presenter, late, 'late joiner');
+        // A reload resumes from the seq kept in sessionStorage: `changes`, not a snapshot.
+        const seq = await hook(late, () => window.consiliumViewer.seq());
+        await late.reload({ waitUntil: 'domcontentloaded' });
+        await waitFor(() => hook(late, () => window.consiliumViewer?.synced() && window.consiliumViewer.ready()), { timeout: 30_000, message: 'the reloaded page to resync' });
+        const log = await hook(late, () => window.consiliumViewer.syncLog());
+        assert.deepEqual(
+          log.filter((m) => m.type === 'sent hello' || m.type === 'snapshot' || m.type === 'changes').map((m) => [m.type, m.seq]),
+          [['sent hello', seq], ['changes', seq]],
+          JSON.stringify(log),
+        );
+        assert.deepEqual((await hook(late, () => window.consiliumViewer.annotations())).map((a) => a.id).sort(), want);
+        await expectSameView(presenter, late, 'after a reload');
       }),
     );
 

@@ -59,6 +59,7 @@ export class ViewerSync extends Emitter {
 
   destroy() {
     for (const off of this._offs) off();
+    clearTimeout(this._saveTimer);
     cancelAnimationFrame(this._stateRaf);
     cancelAnimationFrame(this._pointerRaf);
   }
@@ -89,6 +90,9 @@ export class ViewerSync extends Emitter {
       if (saved && Number.isFinite(saved.seq)) {
         this.seq = saved.seq;
         this.annotations.reset(saved.annotations ?? []);
+        // `changes` does not repeat who presents and what: a reloaded page starts from what
+        // it last knew, corrected by the next `viewer` / `presenter` message.
+        this._saved = { presenter: saved.presenter ?? null, viewer: saved.viewer ?? null };
       }
     } catch {
       /* unreadable: start from a snapshot */
@@ -98,7 +102,10 @@ export class ViewerSync extends Emitter {
   _save() {
     try {
       const annotations = [...this.annotations.items.values()];
-      sessionStorage.setItem(STORE_PREFIX + this.room, JSON.stringify({ seq: this.seq, annotations }));
+      sessionStorage.setItem(
+        STORE_PREFIX + this.room,
+        JSON.stringify({ seq: this.seq, annotations, presenter: this.presenter, viewer: this.presenterState }),
+      );
     } catch {
       // Full or unavailable: without the annotations a `since` would be wrong.
       try {
@@ -107,6 +114,15 @@ export class ViewerSync extends Emitter {
         /* nothing to do */
       }
     }
+  }
+
+  /** The presenter's view changes per frame: persist it at most twice a second. */
+  _saveSoon() {
+    if (this._saveTimer) return;
+    this._saveTimer = setTimeout(() => {
+      this._saveTimer = null;
+      if (this.seq !== null) this._save();
+    }, 500);
   }
 
   _setSeq(seq) {
@@ -165,7 +181,9 @@ export class ViewerSync extends Emitter {
         }
         if (!msg.more) {
           this._setSeq(msg.seq);
+          const first = !this._everSynced;
           this._afterSync();
+          if (first) this._resumeSaved();
         }
         break;
       case 'annotation':
@@ -175,13 +193,18 @@ export class ViewerSync extends Emitter {
         this.emit('annotations');
         break;
       case 'viewer':
+        // Only the presenter's view is relayed: its sender presents (heals a stale id).
+        if (msg.by && msg.by !== this.presenter) this._setPresenter(msg.by, this.requests);
         this._onPresenterState(msg.state);
+        this._saveSoon();
         break;
       case 'pointer':
+        if (msg.by && msg.by !== this.presenter) this._setPresenter(msg.by, this.requests);
         this._onPresenterPointer(msg);
         break;
       case 'presenter':
         this._setPresenter(msg.presenter ?? null, msg.requests ?? []);
+        this._saveSoon();
         break;
       case 'error':
         console.warn('[consilium] viewer sync refused', msg);
@@ -192,6 +215,17 @@ export class ViewerSync extends Emitter {
       default:
         break;
     }
+  }
+
+  /** After a reload answered by `changes`: the presenter and view this tab last had. */
+  _resumeSaved() {
+    const saved = this._saved;
+    this._saved = null;
+    if (!saved) return;
+    // Our own former id, or someone who left, does not present any more.
+    const known = saved.presenter && this.session.participants.has(saved.presenter);
+    if (known && this.presenter === null) this._setPresenter(saved.presenter, this.requests);
+    if (saved.viewer) this._onPresenterState(saved.viewer);
   }
 
   _afterSync() {
@@ -261,7 +295,11 @@ export class ViewerSync extends Emitter {
       if (!state.viewports.some((v) => v.series)) return;
       const json = JSON.stringify(state);
       if (json === this._sentState) return;
-      if (this._send({ type: 'viewer', state })) this._sentState = json;
+      if (this._send({ type: 'viewer', state })) {
+        this._sentState = json;
+        this.presenterState = state;
+        this._saveSoon();
+      }
     });
   }
 
