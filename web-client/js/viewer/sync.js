@@ -184,6 +184,11 @@ export class ViewerSync extends Emitter {
           const first = !this._everSynced;
           this._afterSync();
           if (first) this._resumeSaved();
+          // A presenter who left while we were away (our own former id after a reconnect,
+          // too) presents no more; a new one shows itself with its next viewer/pointer.
+          else if (this.presenter && this.presenter !== this.me && !this.session.participants.has(this.presenter)) {
+            this._setPresenter(null, this.requests);
+          }
         }
         break;
       case 'annotation':
