@@ -23,6 +23,7 @@ use rtc::peer_connection::configuration::interceptor_registry::register_default_
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
 };
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -401,8 +402,15 @@ impl ClientPeer {
         let mut media_engine = MediaEngine::default();
         media_engine.register_default_codecs()?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+        // `rtc` paces its connectivity checks at 200 ms and nominates a pair only at the
+        // next pacing tick after its check succeeded, so a join would wait up to 200 ms
+        // for nothing; a browser nominates at once. Check every 25 ms (same 1.4 s budget).
+        let setting_engine = SettingEngineBuilder::new()
+            .with_ice_connection_attempts(Some(Duration::from_millis(25)), Some(56))
+            .build();
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(setting_engine)
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
             .build(Instant::now())?;
