@@ -127,7 +127,7 @@ const MAX_PAYLOAD: usize = 1100;
 
 impl MediaSource for SyntheticVideo {
     fn next_packets(&mut self, ssrc: u32, pt: u8) -> Vec<Packet> {
-        let key = self.keyframe_requested || self.frame % self.keyframe_every == 0;
+        let key = self.keyframe_requested || self.frame.is_multiple_of(self.keyframe_every);
         self.keyframe_requested = false;
         self.frame += 1;
         let total = if key {

@@ -549,7 +549,7 @@ pub(crate) fn line_chart_svg(title: &str, y_label: &str, series: &[Series<'_>]) 
 
 /// The smallest 1, 2 or 5 × 10^k at or above `v` (1 for nothing to show).
 fn nice_ceiling(v: f64) -> f64 {
-    if !(v > 0.0) {
+    if v.is_nan() || v <= 0.0 {
         return 1.0;
     }
     let base = 10f64.powf(v.log10().floor());

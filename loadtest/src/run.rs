@@ -222,10 +222,10 @@ pub fn local_listener_pid(port: u16) -> Option<u32> {
             continue;
         };
         for fd in fds.flatten() {
-            if let Ok(target) = std::fs::read_link(fd.path()) {
-                if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
-                    return Some(pid);
-                }
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && inodes.iter().any(|i| target.as_os_str() == i.as_str())
+            {
+                return Some(pid);
             }
         }
     }
@@ -372,10 +372,10 @@ impl State {
             .await
             .ok()
             .and_then(|t| ServerSample::parse(&t));
-        if let (Some(server), Some(pid)) = (s.server.as_mut(), self.server_pid) {
-            if let Some(cpu) = cpu_seconds_of(&pid.to_string()) {
-                server.cpu_seconds = cpu;
-            }
+        if let (Some(server), Some(pid)) = (s.server.as_mut(), self.server_pid)
+            && let Some(cpu) = cpu_seconds_of(&pid.to_string())
+        {
+            server.cpu_seconds = cpu;
         }
         s
     }

@@ -56,7 +56,7 @@ impl Default for LatencyHistogram {
 
 impl LatencyHistogram {
     fn bucket(ms: f64) -> usize {
-        if !(ms > BASE_MS) {
+        if ms.is_nan() || ms <= BASE_MS {
             return 0;
         }
         (((ms / BASE_MS).ln() / GROWTH.ln()).floor() as usize + 1).min(BUCKETS - 1)
