@@ -23,13 +23,17 @@ pub const RECENT_EVENTS: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Collaborator {
     pub id: ParticipantId,
+    /// The token's role (or the open-mode one): hosts hand over presenting and delete any
+    /// annotation, observers only follow.
     pub role: Role,
+    /// The validated display name, copied into the annotations it authors.
     pub name: String,
 }
 
 /// One message and who gets it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
+    /// Recipients, all of whom have said `hello` in this room.
     pub to: Vec<ParticipantId>,
     pub msg: CollabMessage,
 }
@@ -46,7 +50,9 @@ pub enum DurableOp {
 /// What a handled message does: messages to send and writes to make.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Effects {
+    /// To send in this order (the room's order).
     pub messages: Vec<Outgoing>,
+    /// Lazy writes ([`DurableOp::Viewer`]); annotation writes come as [`Pending`] instead.
     pub durable: Vec<DurableOp>,
 }
 

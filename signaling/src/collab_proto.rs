@@ -209,13 +209,14 @@ impl AnnotationKind {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CollabRequest {
+    /// Joins the viewer; asks for a snapshot, or the changes after `since`.
     Hello {
         #[serde(default)]
         since: Option<u64>,
     },
-    Viewer {
-        state: Value,
-    },
+    /// The presenter's new ViewerState.
+    Viewer { state: Value },
+    /// The presenter's laser pointer, or all `None` to hide it.
     Pointer {
         #[serde(default)]
         viewport: Option<u8>,
@@ -224,6 +225,7 @@ pub enum CollabRequest {
         #[serde(default)]
         y: Option<f64>,
     },
+    /// Adds, updates or deletes an annotation.
     Annotate {
         op: AnnotateOp,
         #[serde(default)]
@@ -233,6 +235,7 @@ pub enum CollabRequest {
         #[serde(default, rename = "ref")]
         reference: Option<String>,
     },
+    /// Asks for, hands over, releases or takes presenting.
     Presenter {
         action: PresenterAction,
         #[serde(default)]
@@ -261,7 +264,8 @@ impl CollabRequest {
     }
 }
 
-/// An annotation as stored and as every client sees it.
+/// An annotation as stored and as every client sees it (fields as in
+/// `docs/collaboration.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Annotation {
     pub id: String,
@@ -541,6 +545,7 @@ pub fn viewer_state(state: Value) -> Result<Value, CollabError> {
 /// One durable annotation change, in the room's order. Also the `annotation` message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnnotationEvent {
+    /// The room's sequence number of this change: 1, 2, 3, … with no gaps.
     pub seq: u64,
     pub op: AnnotateOp,
     /// The annotation id (for every op).
@@ -551,7 +556,9 @@ pub struct AnnotationEvent {
     /// The sender's own id for an add, echoed to the sender only; never stored.
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
+    /// Who made the change (for a delete by the host, not the author).
     pub by: ParticipantId,
+    /// When the server accepted it, unix ms.
     pub at_ms: u64,
 }
 
@@ -577,21 +584,23 @@ pub enum CollabMessage {
         part: u32,
         more: bool,
     },
+    /// One stored annotation change.
     Annotation(AnnotationEvent),
-    Viewer {
-        state: Value,
-        by: ParticipantId,
-    },
+    /// The presenter's new ViewerState, to the followers.
+    Viewer { state: Value, by: ParticipantId },
+    /// The presenter's laser pointer, to the followers.
     Pointer {
         viewport: Option<u8>,
         x: Option<f64>,
         y: Option<f64>,
         by: ParticipantId,
     },
+    /// Who presents and who asks to, after every change.
     Presenter {
         presenter: Option<ParticipantId>,
         requests: Vec<ParticipantId>,
     },
+    /// A refusal; the channel stays open.
     Error {
         code: CollabErrorCode,
         message: String,
