@@ -255,9 +255,15 @@ function startViewer(session, { room, token }) {
     }
   };
   stage.addEventListener('dragenter', onDrag);
+  // Stack keys work before anyone clicked the image (focus still on the page itself).
+  const onKey = (ev) => {
+    if (!$('#viewer').hidden && (ev.target === document.body || ev.target === document.documentElement)) viewer.handleKey(ev);
+  };
+  document.addEventListener('keydown', onKey);
   current.viewerCleanup = () => {
     btn.removeEventListener('click', onBtn);
     stage.removeEventListener('dragenter', onDrag);
+    document.removeEventListener('keydown', onKey);
     setViewerShown(false);
     viewer.syncEl.remove();
     root.replaceChildren();

@@ -595,6 +595,11 @@ export class Viewer extends Emitter {
     this.localUpdate(vp, { slice: vp.state.slice + clamp(steps, -5, 5) });
   }
 
+  /** Keyboard bindings, also for keys pressed while the page itself has the focus. */
+  handleKey(ev) {
+    this._onKey(ev);
+  }
+
   _onKey(ev) {
     if (ev.target.closest('input, select, textarea')) return;
     const vp = this.activeViewport;
