@@ -312,6 +312,39 @@ impl StudyStore {
         Ok(buf)
     }
 
+    /// Decoded frame `n` (1-based) of an instance, from the cache or decoded now: the whole
+    /// instance at once when it is small enough (scrolling a multi-frame then costs one
+    /// decode), else that frame alone. Blocking.
+    pub fn frame(&self, row: &InstanceRow, n: u32) -> Result<FrameRef, StoreError> {
+        let r = &row.record;
+        let count = r.frames.unwrap_or(1).max(1);
+        if n == 0 || n > count {
+            return Err(DecodeError::NoSuchFrame(n, count).into());
+        }
+        let sample = (r.bits_allocated.unwrap_or(8) as u64).div_ceil(8).max(1);
+        let total = r.rows.unwrap_or(0) as u64
+            * r.columns.unwrap_or(0) as u64
+            * r.samples_per_pixel.unwrap_or(1) as u64
+            * sample
+            * count as u64;
+        if total <= pixels::WHOLE_DECODE_LIMIT {
+            return Ok(FrameRef {
+                frames: self.frames(row)?,
+                index: n,
+            });
+        }
+        let key = format!("{}#{n}", row.sha256);
+        let frames = match self.cache.get(&key) {
+            Some(f) => f,
+            None => {
+                let f = Arc::new(pixels::decode_one_frame(&self.file_of(row)?, n)?);
+                self.cache.insert(&key, f.clone());
+                f
+            }
+        };
+        Ok(FrameRef { frames, index: 1 })
+    }
+
     /// The decoded frames of an instance, from the cache or decoded now. Blocking.
     pub fn frames(&self, row: &InstanceRow) -> Result<Arc<Frames>, StoreError> {
         if let Some(f) = self.cache.get(&row.sha256) {
@@ -326,6 +359,19 @@ impl StudyStore {
     pub fn metadata(&self, row: &InstanceRow) -> Result<serde_json::Value, StoreError> {
         let path = self.file_of(row)?;
         json::instance_metadata(&path).map_err(|e| StoreError::Decode(DecodeError::Open(e)))
+    }
+}
+
+/// One decoded frame, held in the cache's buffer.
+pub struct FrameRef {
+    frames: Arc<Frames>,
+    index: u32,
+}
+
+impl FrameRef {
+    /// The frame's bytes (little-endian stored values).
+    pub fn bytes(&self) -> &[u8] {
+        self.frames.frame(self.index).unwrap_or(&[])
     }
 }
 

@@ -96,6 +96,38 @@ impl Layout {
     }
 }
 
+/// Largest instance (decoded bytes, all frames) decoded and cached whole; beyond it frames are
+/// decoded and cached one by one (a long multi-frame cine would not fit the cache anyway).
+pub const WHOLE_DECODE_LIMIT: u64 = 128 << 20;
+
+/// Decodes frame `n` (1-based) alone.
+pub fn decode_one_frame(path: &Path, n: u32) -> Result<Frames, DecodeError> {
+    let opened = parse::open_lenient(path)?;
+    let obj = opened.obj;
+    let layout = Layout::of(&obj)?;
+    let frames = obj
+        .get(tags::NUMBER_OF_FRAMES)
+        .and_then(|e| e.to_int::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    if n == 0 || n > frames {
+        return Err(DecodeError::NoSuchFrame(n, frames));
+    }
+    let decoded = catch_unwind(AssertUnwindSafe(|| {
+        obj.decode_pixel_data_frame(n - 1)
+            .map(|px| (px.planar_configuration(), px.data().to_vec()))
+    }))
+    .map_err(|_| DecodeError::CodecPanicked)?
+    .map_err(|e| DecodeError::Codec(e.to_string()))?;
+    let (planar, data) = decoded;
+    let data = normalize(&layout, planar, 1, data)?;
+    Ok(Frames {
+        frame_len: layout.frame_len(),
+        count: 1,
+        data,
+    })
+}
+
 /// Decodes every frame of the stored file at `path`.
 pub fn decode_file(path: &Path) -> Result<Frames, DecodeError> {
     let opened = parse::open_lenient(path)?;
@@ -508,6 +540,32 @@ mod tests {
         assert_eq!(c.bytes(), 80);
         c.insert("huge", frames(101));
         assert!(c.get("huge").is_none());
+    }
+
+    /// Frame-by-frame decoding (large instances) gives what whole decoding gives.
+    #[test]
+    fn one_frame_matches_whole_decode() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/dicom/pydicom");
+        for name in [
+            "rtdose.dcm",
+            "SC_rgb_rle_2frame.dcm",
+            "examples_ybr_color.dcm",
+        ] {
+            let p = dir.join(name);
+            if !p.exists() {
+                continue;
+            }
+            let whole = decode_file(&p).unwrap();
+            assert!(whole.count > 1, "{name}");
+            for n in [1, whole.count] {
+                let one = decode_one_frame(&p, n).unwrap();
+                assert_eq!(one.frame(1), whole.frame(n), "{name} frame {n}");
+            }
+            assert!(matches!(
+                decode_one_frame(&p, whole.count + 1),
+                Err(DecodeError::NoSuchFrame(..))
+            ));
+        }
     }
 
     #[test]

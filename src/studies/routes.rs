@@ -425,14 +425,14 @@ async fn retrieve_frames(
     let wanted = frame_numbers(&list)?;
     let row = one_instance(&state, &who, study, series, sop).await?;
     let store = state.studies.clone();
-    let frames = blocking(move || Ok(store.frames(&row)?)).await?;
-    let mut parts = Vec::with_capacity(wanted.len());
-    for n in &wanted {
-        let f = frames.frame(*n).ok_or(ApiError::Store(StoreError::Decode(
-            DecodeError::NoSuchFrame(*n, frames.count),
-        )))?;
-        parts.push(f);
-    }
+    let parts = blocking(move || {
+        wanted
+            .iter()
+            .map(|n| store.frame(&row, *n).map_err(ApiError::from))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    let parts: Vec<&[u8]> = parts.iter().map(|f| f.bytes()).collect();
     if let [one] = parts.as_slice() {
         let mut resp = one.to_vec().into_response();
         resp.headers_mut()
