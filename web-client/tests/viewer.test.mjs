@@ -317,9 +317,34 @@ test('shared viewer: presenter, followers, annotations, late joiner, restart, up
         assert.ok(await hook(follower, () => window.consiliumViewer.isFollowing()), 'drawing does not detach');
         await expectSameView(presenter, follower, 'with annotations');
         // The annotations sit on the image (overlay canvas), both pages draw them.
+        // Arrow, outline and text, away from the two above.
+        await presenter.locator('[data-tool="arrow"]').click();
+        await drag(presenter, [cx + 200, cy - 160], [cx + 140, cy - 110]);
+        await presenter.locator('[data-tool="freehand"]').click();
+        await presenter.mouse.move(cx + 120, cy - 200);
+        await presenter.mouse.down();
+        for (let a = 0; a <= Math.PI * 2; a += 0.25) await presenter.mouse.move(cx + 150 + 30 * Math.cos(a), cy - 200 + 20 * Math.sin(a));
+        await presenter.mouse.up();
+        await presenter.locator('[data-tool="text"]').click();
+        await presenter.mouse.click(cx + 120, cy - 240);
+        await presenter.keyboard.type('Spiculated margin?');
+        await presenter.keyboard.press('Enter');
+        await presenter.locator('[data-tool="scroll"]').click();
+        const kinds = await waitFor(
+          async () => {
+            const list = await hook(follower, () => window.consiliumViewer.annotations());
+            const done = list.filter((a) => !a.pending);
+            return done.length === 5 ? done : null;
+          },
+          { timeout: 10_000, message: 'five annotations on the follower' },
+        );
+        assert.deepEqual(kinds.map((a) => a.kind).sort(), ['arrow', 'ellipse', 'freehand', 'line', 'text']);
+        assert.equal(kinds.find((a) => a.kind === 'text').text, 'Spiculated margin?');
+        const outline = kinds.find((a) => a.kind === 'freehand');
+        assert.ok(outline.points.length >= 10 && outline.stats.area_mm2 > 0 && typeof outline.stats.mean === 'number', JSON.stringify(outline.stats));
         const seqs = await Promise.all([hook(presenter, () => window.consiliumViewer.seq()), hook(follower, () => window.consiliumViewer.seq())]);
         assert.equal(seqs[0], seqs[1]);
-        assert.ok(seqs[0] >= 2, `seq ${seqs[0]}`);
+        assert.ok(seqs[0] >= 5, `seq ${seqs[0]}`);
       }),
     );
 
@@ -331,7 +356,7 @@ test('shared viewer: presenter, followers, annotations, late joiner, restart, up
         const want = (await hook(presenter, () => window.consiliumViewer.annotations())).map((a) => a.id).sort();
         const got = (await hook(late, () => window.consiliumViewer.annotations())).map((a) => a.id).sort();
         assert.deepEqual(got, want, `late joiner's protocol log: ${JSON.stringify(await hook(late, () => window.consiliumViewer.syncLog()))}; presenter's: ${JSON.stringify((await hook(presenter, () => window.consiliumViewer.syncLog())).slice(-15))}`);
-        assert.equal(want.length, 2);
+        assert.equal(want.length, 5);
         await expectSameView(presenter, late, 'late joiner');
         // A reload resumes from the seq kept in sessionStorage: `changes`, not a snapshot.
         const seq = await hook(late, () => window.consiliumViewer.seq());
@@ -382,9 +407,9 @@ test('shared viewer: presenter, followers, annotations, late joiner, restart, up
         await waitFor(
           async () => {
             const ids = (await hook(presenter, () => window.consiliumViewer.annotations())).map((a) => a.id);
-            return ids.length === 1 && ids[0] === line.id;
+            return ids.length === 4 && ids.includes(line.id) && !ids.includes(ellipse.id);
           },
-          { timeout: 10_000, message: 'only the line left on the presenter' },
+          { timeout: 10_000, message: 'the ellipse gone from the presenter, the rest kept' },
         );
         await follower.locator('[data-tool="scroll"]').click();
 
