@@ -79,17 +79,20 @@ export class DicomWeb {
    * Resolves with the server's response dataset (ReferencedSOPSequence, FailedSOPSequence).
    */
   async store(files, { onProgress } = {}) {
-    const zip = files.length === 1 && isZip(files[0]);
+    // Each part names its file, so the server's refusals (ErrorComment) say which one.
+    const items = files.map((f) => (f instanceof Blob ? { file: f, name: f.name || '' } : f));
+    const zip = items.length === 1 && isZip(items[0].file, items[0].name);
     let body;
     let type;
     if (zip) {
-      body = files[0];
+      body = items[0].file;
       type = 'application/zip';
     } else {
       const boundary = `consilium-${crypto.getRandomValues(new Uint32Array(2)).join('')}`;
       const parts = [];
-      for (const f of files) {
-        parts.push(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`, f, '\r\n');
+      for (const { file, name } of items) {
+        const disposition = name ? `Content-Disposition: attachment; filename="${headerSafe(name)}"\r\n` : '';
+        parts.push(`--${boundary}\r\nContent-Type: application/dicom\r\n${disposition}\r\n`, file, '\r\n');
       }
       parts.push(`--${boundary}--\r\n`);
       body = new Blob(parts);
@@ -116,8 +119,13 @@ function enc(uid) {
   return encodeURIComponent(uid);
 }
 
-function isZip(file) {
-  return /\.zip$/i.test(file.name || '') || file.type === 'application/zip' || file.type === 'application/x-zip-compressed';
+function isZip(file, name = file.name) {
+  return /\.zip$/i.test(name || '') || file.type === 'application/zip' || file.type === 'application/x-zip-compressed';
+}
+
+/** A file name as a quoted header parameter: printable ASCII, no quotes or backslashes. */
+function headerSafe(name) {
+  return String(name).replace(/[^\x20-\x7e]|["\\]/g, '_');
 }
 
 /** The body of the first part of a multipart/related response. */

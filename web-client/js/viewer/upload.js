@@ -103,10 +103,11 @@ export class Uploader {
       const others = entries.filter((e) => !/\.zip$/i.test(e.path));
       const dicoms = [];
       report.progress(`Reading ${others.length} file${others.length === 1 ? '' : 's'}…`, 0);
+      // Everything goes to the server, which also reads legacy files without a Part 10
+      // header; the header read here only helps to name refusals.
       for (const e of others) {
-        const head = await readHeader(e.file);
-        if (!head) failed.push({ path: e.path, reason: 'not a DICOM file (no DICM preamble)' });
-        else dicoms.push({ ...e, sop: head.sop, study: head.study });
+        const head = await readHeader(e.file).catch(() => null);
+        dicoms.push({ ...e, sop: head?.sop ?? null, study: head?.study ?? null });
       }
       const batches = [];
       let cur = [];
@@ -128,19 +129,20 @@ export class Uploader {
         report.progress(`Uploading ${done}/${total}…`, total ? done / total : 0);
         const isZip = batch.length === 1 && /\.zip$/i.test(batch[0].path);
         try {
-          const { status, result } = await this.viewer.api.store(batch.map((e) => e.file));
+          const { status, result } = await this.viewer.api.store(batch.map((e) => ({ file: e.file, name: e.path })));
           const r = readStowResult(result);
           for (const s of r.studies) studies.add(s);
           stored += r.stored.length;
-          const bySop = new Map(batch.map((e) => [e.sop, e]));
-          const storedSet = new Set(r.stored);
-          const named = new Set(r.failed.map((f) => f.sop).filter((sop) => bySop.has(sop)));
-          // A file the server could not read has no UID in its failure: it is one of the
-          // files neither stored nor named, in order.
-          const unnamed = isZip ? [] : batch.filter((e) => !storedSet.has(e.sop) && !named.has(e.sop));
+          const bySop = new Map(batch.filter((e) => e.sop).map((e) => [e.sop, e]));
+          const byName = new Map(batch.map((e) => [e.path, e]));
           for (const f of r.failed) {
-            const e = bySop.get(f.sop) ?? unnamed.shift();
-            failed.push({ path: e?.path ?? (isZip ? `${batch[0].path}: ${f.sop || 'an instance'}` : f.sop || 'an instance'), reason: failureText(f.reason) });
+            // The server's ErrorComment starts with the part's file name (or the zip entry).
+            let named = f.comment && [...byName.keys()].find((p) => f.comment.startsWith(`${p}: `));
+            const e = isZip ? null : (named && byName.get(named)) || bySop.get(f.sop);
+            if (isZip && f.comment?.includes(': ')) named = f.comment.slice(0, f.comment.indexOf(': '));
+            const why = f.comment ? f.comment.slice(named ? named.length + 2 : 0) : '';
+            const path = e?.path ?? (isZip ? `${batch[0].path} › ${named || f.sop || 'an entry'}` : f.sop || 'a file');
+            failed.push({ path, reason: why ? `${why} — ${failureText(f.reason)}` : failureText(f.reason) });
           }
           if (status >= 400 && !r.failed.length) {
             for (const e of batch) failed.push({ path: e.path, reason: `refused by the server (HTTP ${status})` });
@@ -164,7 +166,12 @@ export class Uploader {
 export function readStowResult(ds) {
   const seq = (tag) => ds?.[tag]?.Value ?? [];
   const stored = seq('00081199').map((it) => tagValue(it, '00081155')).filter(Boolean);
-  const failed = seq('00081198').map((it) => ({ sop: tagValue(it, '00081155', ''), reason: tagValue(it, '00081197', 0xc000) }));
+  const failed = seq('00081198').map((it) => {
+    const f = { sop: tagValue(it, '00081155', ''), reason: tagValue(it, '00081197', 0xc000) };
+    const comment = tagValue(it, '00000902');
+    if (comment) f.comment = String(comment);
+    return f;
+  });
   const studies = [];
   const url = tagValue(ds, '00081190');
   const m = url && /\/studies\/([^/?]+)/.exec(url);
@@ -285,7 +292,9 @@ class Report {
         const li = document.createElement('li');
         li.className = 'fail';
         li.dataset.file = f.path;
-        li.textContent = `${f.path}: ${f.reason}`;
+        const name = document.createElement('strong');
+        name.textContent = f.path;
+        li.append(name, document.createTextNode(`: ${f.reason}`));
         ul.append(li);
       }
       if (failed.length > 200) {
