@@ -304,14 +304,6 @@ impl StudyStore {
         }
     }
 
-    /// Reads the stored file of an instance (for WADO-RS instance retrieval).
-    pub fn read_file(&self, row: &InstanceRow) -> Result<Vec<u8>, StoreError> {
-        let mut f = std::fs::File::open(self.file_of(row)?)?;
-        let mut buf = Vec::with_capacity(row.size.min(1 << 30) as usize);
-        f.read_to_end(&mut buf)?;
-        Ok(buf)
-    }
-
     /// Decoded frame `n` (1-based) of an instance, from the cache or decoded now: the whole
     /// instance at once when it is small enough (scrolling a multi-frame then costs one
     /// decode), else that frame alone. Blocking.

@@ -395,8 +395,36 @@ async fn retrieve_instance(
     let who = caller(&state, &headers, &q)?;
     let row = one_instance(&state, &who, study, series, sop).await?;
     let store = state.studies.clone();
-    let bytes = blocking(move || Ok(store.read_file(&row)?)).await?;
-    Ok(([(header::CONTENT_TYPE, "application/dicom")], bytes).into_response())
+    let path = blocking(move || Ok(store.file_of(&row)?)).await?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::Store(StoreError::Io(e)))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::Store(StoreError::Io(e)))?
+        .len();
+    // Streamed: a 2 GB instance never sits in memory.
+    let chunks = futures_util::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/dicom".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        Body::from_stream(chunks),
+    )
+        .into_response())
 }
 
 fn frame_numbers(list: &str) -> Result<Vec<u32>, ApiError> {
