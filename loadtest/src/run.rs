@@ -140,7 +140,7 @@ pub fn http_host_of(url: &str) -> Option<String> {
     })
 }
 
-async fn fetch_metrics(host: &str) -> Result<String, String> {
+async fn fetch_metrics(host: &str, timeout: Duration) -> Result<String, String> {
     let go = async {
         let mut s = tokio::net::TcpStream::connect(host)
             .await
@@ -160,7 +160,7 @@ async fn fetch_metrics(host: &str) -> Result<String, String> {
         }
         Ok(body.to_owned())
     };
-    tokio::time::timeout(Duration::from_secs(2), go)
+    tokio::time::timeout(timeout, go)
         .await
         .map_err(|_| "timeout".to_owned())?
 }
@@ -338,6 +338,34 @@ impl State {
         }
     }
 
+    /// A snapshot that bounds a measured window: an overloaded server may answer
+    /// `/metrics` late, and a window without server figures says nothing about it, so
+    /// it is asked again (longer) before giving up.
+    async fn window_snapshot(&mut self) -> Snapshot {
+        let mut snap = self.snapshot().await;
+        for _ in 0..3 {
+            if snap.server.is_some() {
+                break;
+            }
+            snap.server = self.server_sample(Duration::from_secs(5)).await;
+        }
+        snap
+    }
+
+    async fn server_sample(&self, timeout: Duration) -> Option<ServerSample> {
+        let mut server = fetch_metrics(&self.metrics_host, timeout)
+            .await
+            .ok()
+            .and_then(|t| ServerSample::parse(&t))?;
+        if let Some(cpu) = self
+            .server_pid
+            .and_then(|pid| cpu_seconds_of(&pid.to_string()))
+        {
+            server.cpu_seconds = cpu;
+        }
+        Some(server)
+    }
+
     async fn snapshot(&mut self) -> Snapshot {
         let mut s = Snapshot {
             t: self.started.elapsed().as_secs_f64(),
@@ -368,15 +396,8 @@ impl State {
         } else {
             0.0
         };
-        s.server = fetch_metrics(&self.metrics_host)
-            .await
-            .ok()
-            .and_then(|t| ServerSample::parse(&t));
-        if let (Some(server), Some(pid)) = (s.server.as_mut(), self.server_pid)
-            && let Some(cpu) = cpu_seconds_of(&pid.to_string())
-        {
-            server.cpu_seconds = cpu;
-        }
+        // Short: the per-second plots must not stall on a slow server.
+        s.server = self.server_sample(Duration::from_secs(2)).await;
         s
     }
 
@@ -480,7 +501,7 @@ pub async fn run(options: RunOptions) -> Result<RunReport, RunError> {
     let metrics_host =
         http_host_of(&options.url).ok_or_else(|| RunError::BadUrl(options.url.clone()))?;
     // Fail early and clearly if the server is not there.
-    let first = fetch_metrics(&metrics_host)
+    let first = fetch_metrics(&metrics_host, Duration::from_secs(5))
         .await
         .map_err(|reason| RunError::Metrics {
             addr: metrics_host.clone(),
@@ -548,12 +569,12 @@ pub async fn run(options: RunOptions) -> Result<RunReport, RunError> {
             st.start_room(room);
             let measure_from = step_start + scenario.ramp.room_interval - th.window;
             st.wait(measure_from, false).await;
-            let a = st.snapshot().await;
+            let a = st.window_snapshot().await;
             st.wait(step_start + scenario.ramp.room_interval, false)
                 .await;
             // Joins still pending at the end of the step are failures of this load.
             st.wait(Instant::now() + JOIN_TIMEOUT, true).await;
-            let b = st.snapshot().await;
+            let b = st.window_snapshot().await;
             let w = Window::between(&a, &b, st.baseline_rss);
             let mut broke = Vec::new();
             if w.loss_pct > th.max_loss_pct {
@@ -614,11 +635,11 @@ pub async fn run(options: RunOptions) -> Result<RunReport, RunError> {
         }
         st.bar.set_prefix("settling");
         st.wait(Instant::now() + SETTLE, false).await;
-        let a = st.snapshot().await;
+        let a = st.window_snapshot().await;
         st.bar
             .set_prefix(format!("measuring {:?}", scenario.duration));
         st.wait(Instant::now() + scenario.duration, false).await;
-        let b = st.snapshot().await;
+        let b = st.window_snapshot().await;
         Window::between(&a, &b, st.baseline_rss)
     };
     let completeness = completeness(&st.members);
