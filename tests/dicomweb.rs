@@ -655,6 +655,12 @@ async fn qido_slice_order_idempotence_and_restart() {
     // The same study cannot be uploaded into another room.
     let hijack = stow_multipart(&server, "elsewhere", &files[..1], None).await;
     assert_eq!(hijack.status, 409);
+    let refused = &seq(&hijack.json(), "00081198")[0].clone();
+    assert_eq!(first_num(refused, "00081197"), Some(0x0124 as f64));
+    assert_eq!(
+        first_str(refused, "00081155").as_deref(),
+        Some(&*format!("{SERIES}.1"))
+    );
 
     // After a restart on the same data_dir, everything is still there.
     stop(server).await;

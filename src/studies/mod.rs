@@ -76,12 +76,28 @@ pub enum ImportError {
     #[error("the file is larger than the per-file limit of {0} bytes")]
     TooLarge(u64),
     #[error("study {study} already belongs to another room")]
-    OtherRoom { study: String },
+    OtherRoom {
+        study: String,
+        sop_class_uid: String,
+        sop_uid: String,
+    },
     #[error("storing the file failed: {0}")]
     Store(String),
 }
 
 impl ImportError {
+    /// SOP Class and Instance UID of the refused instance, when the file was read that far.
+    pub fn identifiers(&self) -> Option<(&str, &str)> {
+        match self {
+            ImportError::OtherRoom {
+                sop_class_uid,
+                sop_uid,
+                ..
+            } => Some((sop_class_uid, sop_uid)),
+            _ => None,
+        }
+    }
+
     /// The DICOM FailureReason (0008,1197) code for this refusal.
     pub fn failure_reason(&self) -> u16 {
         match self {
@@ -233,9 +249,11 @@ impl StudyStore {
         let outcome = self
             .with_index(|ix| ix.upsert(room, record, &sha, size))
             .map_err(|e| match e {
-                StoreError::Index(IndexError::OtherRoom { study, .. }) => {
-                    ImportError::OtherRoom { study }
-                }
+                StoreError::Index(IndexError::OtherRoom { study, .. }) => ImportError::OtherRoom {
+                    study,
+                    sop_class_uid: record.sop_class_uid.clone(),
+                    sop_uid: record.sop_uid.clone(),
+                },
                 other => ImportError::Store(other.to_string()),
             });
         let outcome = match outcome {

@@ -57,12 +57,13 @@ impl StowReport {
             Ok(s) => self.stored.push(s),
             Err(e) => {
                 tracing::info!(file = %name, reason = %e, "STOW: file refused");
+                let ids = e.identifiers();
                 self.failed.push(Failure {
                     name,
                     code: e.failure_reason(),
                     reason: e.to_string(),
-                    sop_class_uid: None,
-                    sop_uid: None,
+                    sop_class_uid: ids.map(|(c, _)| c.to_owned()),
+                    sop_uid: ids.map(|(_, u)| u.to_owned()),
                 })
             }
         }
