@@ -93,6 +93,8 @@ pub struct ServerSample {
     pub cpu_seconds: f64,
     pub rss_bytes: f64,
     pub forwarded_bytes: f64,
+    /// Participants the server counts as observers: proof the role was taken.
+    pub observers: f64,
 }
 
 /// The sum of every series of a metric in Prometheus text format (`None` if absent).
@@ -120,6 +122,8 @@ impl ServerSample {
             cpu_seconds: metric_sum(text, "process_cpu_seconds_total")?,
             rss_bytes: metric_sum(text, "process_resident_memory_bytes")?,
             forwarded_bytes: metric_sum(text, "consilium_forwarded_bytes_total").unwrap_or(0.0),
+            observers: metric_sum(text, "consilium_participants_by_role{role=\"observer\"}")
+                .unwrap_or(0.0),
         })
     }
 }
@@ -665,6 +669,12 @@ pub async fn run(options: RunOptions) -> Result<RunReport, RunError> {
         scenario: scenario.clone(),
         url: st.options.url.clone(),
         observers_have_role: st.options.jwt_secret.is_some(),
+        server_observers: st
+            .snapshots
+            .iter()
+            .filter_map(|s| s.server.map(|s| s.observers as usize))
+            .max()
+            .unwrap_or(0),
         connect_ms: Percentiles::of(&st.connect_ms),
         window,
         steps,
@@ -800,12 +810,14 @@ mod tests {
         let text = "# HELP process_cpu_seconds_total x\n# TYPE process_cpu_seconds_total counter\n\
                     process_cpu_seconds_total 12.5\nprocess_resident_memory_bytes 1.048576e7\n\
                     consilium_forwarded_bytes_total 1000\n\
+                    consilium_participants_by_role{role=\"observer\"} 2\n\
                     consilium_dropped_packets_total{reason=\"a\"} 2\nconsilium_dropped_packets_total{reason=\"b\"} 3\n\
                     consilium_forwarded_bytes_total_extra 99\n";
         let s = ServerSample::parse(text).unwrap();
         assert_eq!(s.cpu_seconds, 12.5);
         assert_eq!(s.rss_bytes, 10_485_760.0);
         assert_eq!(s.forwarded_bytes, 1000.0);
+        assert_eq!(s.observers, 2.0);
         assert_eq!(
             metric_sum(text, "consilium_dropped_packets_total"),
             Some(5.0)
@@ -856,6 +868,7 @@ mod tests {
                 cpu_seconds: cpu,
                 rss_bytes: rss_mib * 1_048_576.0,
                 forwarded_bytes: bytes as f64,
+                observers: 0.0,
             }),
             generator_cpu_s: 0.0,
             generator_lag: LatencyHistogram::default(),

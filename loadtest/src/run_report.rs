@@ -104,6 +104,8 @@ pub struct RunInfo {
     pub scenario: Scenario,
     pub url: String,
     pub observers_have_role: bool,
+    /// Most observers the server's `consilium_participants_by_role` showed at once.
+    pub server_observers: usize,
     pub connect_ms: Percentiles,
     pub window: Window,
     pub steps: Vec<StepReport>,
@@ -135,6 +137,8 @@ pub struct RunReport {
     /// `participant` (open mode: receive-only participants).
     pub observers_joined_as: &'static str,
     pub server_cpu_source: String,
+    /// Most observers the server counted at once (`consilium_participants_by_role`).
+    pub server_observers: usize,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -243,6 +247,7 @@ impl RunReport {
                 "participant"
             },
             server_cpu_source: info.server_cpu_source,
+            server_observers: info.server_observers,
             steps: info.steps,
             stop_reason: info.stop_reason,
             half_load,

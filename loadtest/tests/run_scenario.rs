@@ -56,6 +56,10 @@ async fn a_short_scenario_delivers_every_stream_and_writes_the_report() {
     assert!(report.missing_streams.is_empty(), "{table}");
     assert_eq!(report.streams_received, 20, "{table}");
     assert_eq!(report.observers_joined_as, "observer");
+    assert_eq!(
+        report.server_observers, 2,
+        "the server gave both observers the role"
+    );
     let w = &report.window;
     assert!(w.media_latency_ms.count > 1000, "{table}");
     assert!(w.media_latency_ms.p95 < 500.0, "{table}");
