@@ -10,7 +10,7 @@
 
 use crate::codec::VideoCodec;
 use crate::demux::Demux;
-use crate::forwarding::{DownTrack, KeyframeRequests, MediaKind};
+use crate::forwarding::{DownTrack, DropReason, HeldVideo, KeyframeRequests, MediaKind};
 use crate::{SfuConfig, SfuError, SfuMetrics};
 use bytes::{Bytes, BytesMut};
 use rtc::interceptor::Registry;
@@ -320,7 +320,13 @@ struct Subscription {
     down: DownTrack,
     mime: String,
     payload_type: Option<u8>,
+    /// Video from the latest keyframe while the subscriber's transport comes up.
+    held: HeldVideo<rtc::rtp::Packet>,
 }
+
+/// Most packets held for one connecting subscriber: a 1080p keyframe and a second of
+/// frames after it; past that it waits for a fresh keyframe as it would without holding.
+const MAX_HELD_PACKETS: usize = 512;
 
 /// A track a peer publishes, and who receives it.
 struct PublishedTrack {
@@ -455,7 +461,13 @@ impl Engine {
                         continue;
                     };
                     if let Some(mut dc) = peer.pc.data_channel(dc_id) {
-                        match dc.send(now, BytesMut::from(&data[..])) {
+                        // The protocol is JSON in text frames (a browser then gets a
+                        // string, not a Blob); anything else goes as binary.
+                        let sent = match std::str::from_utf8(&data) {
+                            Ok(text) => dc.send_text(now, text),
+                            Err(_) => dc.send(now, BytesMut::from(&data[..])),
+                        };
+                        match sent {
                             Ok(()) => {
                                 self.metrics
                                     .data_channel_messages
@@ -666,12 +678,47 @@ impl Engine {
             return;
         }
         let mut keyframe_for = Vec::new();
+        let mut replay = Vec::new();
         for (track, sub) in &mut peer.subscriptions {
             if sub.payload_type.is_some() && sub.down.negotiated() {
-                keyframe_for.push(*track);
+                if sub.held.has_keyframe() {
+                    replay.push((*track, sub.held.take()));
+                } else {
+                    keyframe_for.push(*track);
+                }
+            } else if !sub.down.needs_keyframe() {
+                // Forwarding already, or audio: nothing to hold any more.
+                sub.held.take();
+            }
+        }
+        for (track, packets) in replay {
+            let codec = self
+                .tracks
+                .get(&track)
+                .map_or(VideoCodec::Other, |t| t.kind.video_codec());
+            for packet in packets {
+                let mut keyframe = || codec.is_keyframe_start(&packet.payload);
+                self.forward_to(key, track, &packet, &mut keyframe, now);
             }
         }
         for track in keyframe_for {
+            self.request_keyframe(track, now);
+        }
+    }
+
+    /// The subscriber's ICE is up and DTLS has round trips to go: ask for the keyframe
+    /// now and hold it (see [`HeldVideo`]) rather than ask once DTLS is done.
+    fn prefetch_keyframes(&mut self, key: PeerKey, now: Instant) {
+        let Some(peer) = self.peers.get(&key) else {
+            return;
+        };
+        let tracks: Vec<TrackKey> = peer
+            .subscriptions
+            .iter()
+            .filter(|(_, sub)| matches!(sub.down.kind(), MediaKind::Video(_)))
+            .map(|(track, _)| *track)
+            .collect();
+        for track in tracks {
             self.request_keyframe(track, now);
         }
     }
@@ -728,6 +775,7 @@ impl Engine {
                         down: DownTrack::new(source.kind, out_ssrc),
                         mime: source.codec.mime_type.clone(),
                         payload_type: None,
+                        held: HeldVideo::new(MAX_HELD_PACKETS),
                     },
                 );
                 peer.sender_tracks.insert(track_id, track);
@@ -842,6 +890,9 @@ impl Engine {
             ) => {
                 if let Some(peer) = self.peers.get_mut(&key) {
                     peer.reached(Milestone::IceConnected, now);
+                    if peer.state == ConnectionState::Connecting {
+                        self.prefetch_keyframes(key, now);
+                    }
                 }
             }
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
@@ -1002,71 +1053,99 @@ impl Engine {
     /// The per-packet path: one inbound RTP packet to every subscriber of its track.
     /// Returns to how many subscribers it went.
     fn forward(&mut self, track_key: TrackKey, packet: rtc::rtp::Packet, now: Instant) -> usize {
+        let Some(source) = self.tracks.get_mut(&track_key) else {
+            return 0;
+        };
+        let codec = source.kind.video_codec();
+        // Lent out for the loop (forwarding never changes who subscribes), so the loop
+        // needs no lookup of the track and no copy of the list.
+        let subscribers = std::mem::take(&mut source.subscribers);
+        // Whether the packet starts a keyframe is read at most once, and only if some
+        // subscriber waits for one.
+        let mut is_keyframe: Option<bool> = None;
+        let mut keyframe =
+            || *is_keyframe.get_or_insert_with(|| codec.is_keyframe_start(&packet.payload));
+        let mut forwarded = 0;
+        for &subscriber in &subscribers {
+            if self.forward_to(subscriber, track_key, &packet, &mut keyframe, now) {
+                forwarded += 1;
+            }
+        }
+        if let Some(source) = self.tracks.get_mut(&track_key) {
+            source.subscribers = subscribers;
+        }
+        forwarded
+    }
+
+    /// Decides and writes one packet for one subscriber; video that arrives before the
+    /// subscriber is ready is held (see [`HeldVideo`]). Returns whether it was sent.
+    fn forward_to(
+        &mut self,
+        subscriber: PeerKey,
+        track_key: TrackKey,
+        packet: &rtc::rtp::Packet,
+        keyframe: &mut dyn FnMut() -> bool,
+        now: Instant,
+    ) -> bool {
         let Engine {
-            tracks,
             peers,
             metrics,
             dirty,
             ..
         } = self;
-        let Some(source) = tracks.get(&track_key) else {
-            return 0;
+        let Some(peer) = peers.get_mut(&subscriber) else {
+            return false;
         };
-        let mut forwarded = 0;
-        let codec = match source.kind {
-            MediaKind::Video(c) => c,
-            MediaKind::Audio => VideoCodec::Other,
+        let Some(sub) = peer.subscriptions.get_mut(&track_key) else {
+            return false;
         };
-        let mut is_keyframe: Option<bool> = None;
+        let decision = sub.down.forward(
+            packet.header.sequence_number,
+            packet.header.timestamp,
+            &mut *keyframe,
+        );
+        let rewrite = match decision {
+            Ok(r) => r,
+            Err(reason) => {
+                if reason == DropReason::NotNegotiated
+                    && matches!(sub.down.kind(), MediaKind::Video(_))
+                {
+                    sub.held.push(packet.clone(), keyframe());
+                }
+                metrics.fast.dropped(reason).inc();
+                return false;
+            }
+        };
+        let Some(pt) = sub.payload_type else {
+            return false;
+        };
         let payload_len = packet.payload.len() as u64;
-        for &subscriber in &source.subscribers {
-            let Some(peer) = peers.get_mut(&subscriber) else {
-                continue;
-            };
-            let Some(sub) = peer.subscriptions.get_mut(&track_key) else {
-                continue;
-            };
-            let decision = sub.down.forward(
-                packet.header.sequence_number,
-                packet.header.timestamp,
-                || *is_keyframe.get_or_insert_with(|| codec.is_keyframe_start(&packet.payload)),
-            );
-            let rewrite = match decision {
-                Ok(r) => r,
-                Err(reason) => {
-                    metrics.fast.dropped(reason).inc();
-                    continue;
-                }
-            };
-            let Some(pt) = sub.payload_type else {
-                continue;
-            };
-            let mut out = packet.clone();
-            out.header.ssrc = rewrite.ssrc;
-            out.header.sequence_number = rewrite.sequence_number;
-            out.header.timestamp = rewrite.timestamp;
-            out.header.payload_type = pt;
-            // Extension ids are per connection: the publisher's would mean other things
-            // (or misroute by MID) on the subscriber's.
-            out.header.extension = false;
-            out.header.extensions.clear();
-            out.header.extension_profile = 0;
-            if let Some(mut sender) = peer.pc.rtp_sender(sub.sender_id) {
-                match sender.write_rtp(now, out) {
-                    Ok(()) => {
-                        metrics.forwarded_packets.inc();
-                        metrics.forwarded_bytes.inc_by(payload_len);
-                        dirty.push(subscriber);
-                        forwarded += 1;
-                    }
-                    Err(e) => {
-                        tracing::trace!(peer = %peer.id, error = %e, "write_rtp failed");
-                        metrics.fast.dropped_write_failed.inc();
-                    }
-                }
+        let mut out = packet.clone();
+        out.header.ssrc = rewrite.ssrc;
+        out.header.sequence_number = rewrite.sequence_number;
+        out.header.timestamp = rewrite.timestamp;
+        out.header.payload_type = pt;
+        // Extension ids are per connection: the publisher's would mean other things
+        // (or misroute by MID) on the subscriber's.
+        out.header.extension = false;
+        out.header.extensions.clear();
+        out.header.extension_profile = 0;
+        let Some(mut sender) = peer.pc.rtp_sender(sub.sender_id) else {
+            return false;
+        };
+        match sender.write_rtp(now, out) {
+            Ok(()) => {
+                metrics.forwarded_packets.inc();
+                metrics.forwarded_bytes.inc_by(payload_len);
+                dirty.push(subscriber);
+                true
+            }
+            Err(e) => {
+                tracing::trace!(peer = %peer.id, error = %e, "write_rtp failed");
+                metrics.fast.dropped_write_failed.inc();
+                false
             }
         }
-        forwarded
     }
 
     /// Sends an offer to a peer whose forwarded tracks changed, one at a time.

@@ -15,6 +15,16 @@ pub enum MediaKind {
     Video(VideoCodec),
 }
 
+impl MediaKind {
+    /// The video codec, or `Other` for audio (whose packets are never keyframes).
+    pub fn video_codec(self) -> VideoCodec {
+        match self {
+            MediaKind::Video(c) => c,
+            MediaKind::Audio => VideoCodec::Other,
+        }
+    }
+}
+
 /// Why a packet was not forwarded to one subscriber (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -164,6 +174,54 @@ impl DownTrack {
     }
 }
 
+/// Video kept for a subscriber whose transport is still coming up, from the latest
+/// keyframe on, so that its first picture is on screen the moment DTLS completes instead of
+/// one publisher round trip later (the keyframe is requested when the subscriber's ICE
+/// connects, while the DTLS handshake still has round trips to go).
+///
+/// Bounded: past `max_packets` it gives up and the subscriber waits for a fresh keyframe,
+/// as it would have without it.
+#[derive(Debug, Clone)]
+pub struct HeldVideo<P> {
+    packets: Vec<P>,
+    max_packets: usize,
+}
+
+impl<P> HeldVideo<P> {
+    /// Holds at most `max_packets` (a keyframe and the frames after it).
+    pub fn new(max_packets: usize) -> Self {
+        Self {
+            packets: Vec::new(),
+            max_packets,
+        }
+    }
+
+    /// Offers one packet of the publisher's stream; `keyframe_start` says whether it begins
+    /// a keyframe. Nothing is held before the first keyframe (it could not be decoded).
+    pub fn push(&mut self, packet: P, keyframe_start: bool) {
+        if keyframe_start {
+            self.packets.clear();
+        } else if self.packets.is_empty() {
+            return;
+        }
+        if self.packets.len() >= self.max_packets {
+            self.packets.clear();
+            return;
+        }
+        self.packets.push(packet);
+    }
+
+    /// Whether a decodable start (a keyframe) is held.
+    pub fn has_keyframe(&self) -> bool {
+        !self.packets.is_empty()
+    }
+
+    /// Takes what is held, oldest first.
+    pub fn take(&mut self) -> Vec<P> {
+        std::mem::take(&mut self.packets)
+    }
+}
+
 /// Rate-limits keyframe requests (PLI) to one publisher's video track: subscribers' PLIs
 /// and new subscriptions collapse into at most one request per interval, and a request
 /// that arrives too early is kept and sent when the interval has passed.
@@ -219,6 +277,30 @@ impl KeyframeRequests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_video_starts_at_the_latest_keyframe_and_is_bounded() {
+        let mut h = HeldVideo::new(4);
+        h.push(1, false);
+        assert!(!h.has_keyframe(), "a delta frame alone is useless");
+        h.push(2, true);
+        h.push(3, false);
+        h.push(4, true);
+        h.push(5, false);
+        assert_eq!(h.take(), vec![4, 5], "only from the newest keyframe");
+        assert!(!h.has_keyframe());
+        for p in [10, 11, 12, 13] {
+            h.push(p, p == 10);
+        }
+        assert!(h.has_keyframe());
+        h.push(14, false);
+        assert!(
+            !h.has_keyframe(),
+            "over the bound: wait for a fresh keyframe"
+        );
+        h.push(15, false);
+        assert!(h.take().is_empty());
+    }
 
     #[test]
     fn nothing_before_negotiation() {
