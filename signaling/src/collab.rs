@@ -336,25 +336,32 @@ impl CollabRoom {
     }
 
     fn changes_frames(&self, since: u64) -> Vec<CollabMessage> {
-        let frame = |events, part, more| CollabMessage::Changes {
+        let frame = |viewer: Option<Value>, events, part, more| CollabMessage::Changes {
             from_seq: since,
             seq: self.seq,
+            presenter: self.presenter.clone(),
+            requests: self.requests.clone(),
+            viewer,
             events,
             part,
             more,
         };
-        let header = encoded_len(&frame(Vec::new(), u32::MAX, true));
+        let first = encoded_len(&frame(self.viewer.clone(), Vec::new(), 0, true));
+        let rest = encoded_len(&frame(None, Vec::new(), u32::MAX, true));
         let events = self
             .recent
             .iter()
             .filter(|e| e.seq > since)
             .map(|e| CollabMessage::Annotation(e.clone()));
-        let chunks = chunk(events, header, header);
+        let chunks = chunk(events, first, rest);
         let last = chunks.len().saturating_sub(1);
         chunks
             .into_iter()
             .enumerate()
-            .map(|(i, events)| frame(events, i as u32, i != last))
+            .map(|(i, events)| {
+                let viewer = if i == 0 { self.viewer.clone() } else { None };
+                frame(viewer, events, i as u32, i != last)
+            })
             .collect()
     }
 
@@ -1166,6 +1173,11 @@ mod tests {
         assert!(matches!(
             &to_of(&e, "c")[..],
             [CollabMessage::Changes { events, .. }] if events.is_empty()
+        ));
+        // A resuming client also learns who presents (it may have missed a hand-over).
+        assert!(matches!(
+            &to_of(&e, "c")[..],
+            [CollabMessage::Changes { presenter: Some(p), .. }] if p.as_str() == host().id.as_str()
         ));
         // From the future (another database): a snapshot.
         let e = done(room.handle(&c, req(json!({"type": "hello", "since": 50})), 0));

@@ -576,10 +576,15 @@ pub enum CollabMessage {
         part: u32,
         more: bool,
     },
-    /// The annotation events after `from_seq`, possibly in several parts.
+    /// The annotation events after `from_seq`, possibly in several parts, with who
+    /// presents now and (in part 0) what they show: a resuming client missed those too.
     Changes {
         from_seq: u64,
         seq: u64,
+        presenter: Option<ParticipantId>,
+        requests: Vec<ParticipantId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        viewer: Option<Value>,
         events: Vec<CollabMessage>,
         part: u32,
         more: bool,

@@ -175,6 +175,11 @@ export class ViewerSync extends Emitter {
         }
         break;
       case 'changes':
+        // Part 0 says who presents now and what they show (a resume missed both); a
+        // server that predates those fields leaves us to what this tab saved.
+        if (!msg.part && 'presenter' in msg) {
+          this._resumed = { presenter: msg.presenter ?? null, requests: msg.requests ?? [], viewer: msg.viewer ?? null };
+        }
         for (const ev of msg.events ?? []) {
           this.annotations.apply(ev);
           this._setSeq(ev.seq);
@@ -182,8 +187,16 @@ export class ViewerSync extends Emitter {
         if (!msg.more) {
           this._setSeq(msg.seq);
           const first = !this._everSynced;
+          const resumed = this._resumed;
+          this._resumed = null;
           this._afterSync();
-          if (first) this._resumeSaved();
+          if (resumed) {
+            this._saved = null;
+            this._setPresenter(resumed.presenter, resumed.requests);
+            if (resumed.viewer && this.isPresenter && first) {
+              this.viewer.applyState(resumed.viewer).then(() => this._scheduleState());
+            } else if (resumed.viewer && !this.isPresenter) this._onPresenterState(resumed.viewer);
+          } else if (first) this._resumeSaved();
           // A presenter who left while we were away (our own former id after a reconnect,
           // too) presents no more; a new one shows itself with its next viewer/pointer.
           else if (this.presenter && this.presenter !== this.me && !this.session.participants.has(this.presenter)) {
