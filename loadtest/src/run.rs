@@ -464,7 +464,13 @@ impl Window {
                 sb.rss_bytes,
                 (sb.forwarded_bytes - sa.forwarded_bytes) * 8.0 / secs / 1e6,
             ),
-            _ => (0.0, b.server.map_or(0.0, |s| s.rss_bytes), 0.0),
+            // The server did not answer `/metrics` (overloaded): unknown, not zero — NaN is
+            // left out of the plots and written as null in report.json.
+            _ => (
+                f64::NAN,
+                b.server.map_or(f64::NAN, |s| s.rss_bytes),
+                f64::NAN,
+            ),
         };
         let participants = b.joined;
         let rss_growth = baseline_rss.map_or(rss, |base| (rss - base).max(0.0));
@@ -482,7 +488,13 @@ impl Window {
             jitter_ms: b.jitter_ms,
             media_latency_ms: b.latency.since(&a.latency).percentiles(),
             server_cpu_cores: cpu,
-            forwarded_mbps_per_core: if cpu > 0.0 { forwarded_mbps / cpu } else { 0.0 },
+            forwarded_mbps_per_core: if cpu > 0.0 {
+                forwarded_mbps / cpu
+            } else if cpu.is_nan() {
+                f64::NAN
+            } else {
+                0.0
+            },
             server_rss_mib: rss / 1_048_576.0,
             rss_per_participant_mib: if participants > 0 {
                 rss_growth / 1_048_576.0 / participants as f64
@@ -892,5 +904,14 @@ mod tests {
             "(40 − 20) / 10"
         );
         assert!((w.cpu_per_participant - 0.05).abs() < 1e-9);
+        let lost_server = Snapshot {
+            server: None,
+            ..b.clone()
+        };
+        let w = Window::between(&a, &lost_server, None);
+        assert!(w.server_cpu_cores.is_nan() && w.server_rss_mib.is_nan());
+        assert!(w.forwarded_mbps > 0.0, "client figures stay");
+        let json = serde_json::to_value(&w).unwrap();
+        assert!(json["server_cpu_cores"].is_null());
     }
 }
