@@ -5,10 +5,28 @@ import { TileGrid, SelfView } from './call/tiles.js';
 import { Controls } from './call/controls.js';
 import { ConnectionIndicator } from './call/indicator.js';
 import { timings } from './call/timings.js';
-import { Viewer } from './viewer/viewer.js';
-import { Uploader } from './viewer/upload.js';
-import { ViewerSync, STUDIES_CHANGED } from './viewer/sync.js';
-import { AnnotationLayer } from './annotation/layer.js';
+
+/**
+ * The shared viewer's modules, loaded once and only after the call has started: nothing of
+ * them is needed for the first remote frame, and evaluating them first cost ~80 ms of every
+ * join (docs/benchmarks.md).
+ */
+let viewerModules = null;
+function loadViewerModules() {
+  viewerModules ??= Promise.all([
+    import('./viewer/viewer.js'),
+    import('./viewer/upload.js'),
+    import('./viewer/sync.js'),
+    import('./annotation/layer.js'),
+  ]).then(([{ Viewer }, { Uploader }, { ViewerSync, STUDIES_CHANGED }, { AnnotationLayer }]) => ({
+    Viewer,
+    Uploader,
+    ViewerSync,
+    STUDIES_CHANGED,
+    AnnotationLayer,
+  }));
+  return viewerModules;
+}
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -27,7 +45,7 @@ const ERROR_TITLES = {
 
 const indicator = new ConnectionIndicator($('#connection-state'));
 
-/** @type {{session: Session|null, tiles: TileGrid|null, self: SelfView|null, controls: Controls|null, viewer: Viewer|null, sync: ViewerSync|null, annotations: AnnotationLayer|null, viewerCleanup: (() => void)|null}} */
+/** @type {{session: Session|null, tiles: TileGrid|null, self: SelfView|null, controls: Controls|null, viewer: object|null, sync: object|null, annotations: object|null, viewerCleanup: (() => void)|null}} */
 const current = { session: null, tiles: null, self: null, controls: null, viewer: null, sync: null, annotations: null, viewerCleanup: null };
 
 window.consilium = {
@@ -172,7 +190,6 @@ function startCall({ room, name, token }) {
     }),
   );
 
-  startViewer(session, { room, token });
 
   session.on('participants', updateRoomCount);
   session.on('joined', updateRoomCount);
@@ -196,6 +213,12 @@ function startCall({ room, name, token }) {
     console.error('[consilium] could not start the call', err);
     showError({ code: 'internal', message: String(err?.message ?? err) });
   });
+  // After the call's own work is under way (its first await has yielded).
+  loadViewerModules()
+    .then((modules) => {
+      if (current.session === session) startViewer(modules, session, { room, token });
+    })
+    .catch((err) => console.error('[consilium] could not load the viewer', err));
 }
 
 // ------------------------------------------------------------------ shared viewer
@@ -210,7 +233,7 @@ function setViewerShown(on) {
   btn.querySelector('.btn-text').textContent = on ? 'Hide images' : 'Images';
 }
 
-function startViewer(session, { room, token }) {
+function startViewer({ Viewer, Uploader, ViewerSync, STUDIES_CHANGED, AnnotationLayer }, session, { room, token }) {
   const root = $('#viewer');
   root.replaceChildren();
   const viewer = new Viewer(root, { room, token });
