@@ -36,7 +36,8 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{
-    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
+    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId,
+    RTCRtpTransceiverInit,
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -324,6 +325,15 @@ struct Subscription {
     held: HeldVideo<rtc::rtp::Packet>,
 }
 
+/// A subscriber's sending transceiver without a track, ready to carry the next one.
+struct IdleSender {
+    sender_id: RTCRtpSenderId,
+    mime: String,
+    /// Keeps the SSRC (the sender's interceptors are bound to it) and the sequence and
+    /// timestamp continuity the subscriber's receiver has seen.
+    down: DownTrack,
+}
+
 /// Most packets held for one connecting subscriber: a 1080p keyframe and a second of
 /// frames after it; past that it waits for a fresh keyframe as it would without holding.
 const MAX_HELD_PACKETS: usize = 512;
@@ -349,6 +359,10 @@ struct MediaPeer {
     /// Incoming tracks by the connection's track id.
     published: HashMap<MediaStreamTrackId, TrackKey>,
     subscriptions: HashMap<TrackKey, Subscription>,
+    /// Sending transceivers whose track went away, kept (inactive) for the next
+    /// subscription of the same codec: an m-line per departed publisher would grow the SDP
+    /// without end in a long meeting (past 64 KiB after ~56 joins and leaves).
+    idle_senders: Vec<IdleSender>,
     /// Our sending tracks' ids, for routing a subscriber's PLI to the source.
     sender_tracks: HashMap<MediaStreamTrackId, TrackKey>,
     needs_offer: bool,
@@ -591,6 +605,7 @@ impl Engine {
                 data_channel: Some(data_channel),
                 published: HashMap::new(),
                 subscriptions: HashMap::new(),
+                idle_senders: Vec::new(),
                 sender_tracks: HashMap::new(),
                 needs_offer: false,
                 offered: None,
@@ -735,11 +750,18 @@ impl Engine {
             return;
         };
         peer.track_counter += 1;
-        let out_ssrc: u32 = rand::random();
         let kind = match source.kind {
             MediaKind::Audio => RtpCodecKind::Audio,
             MediaKind::Video(_) => RtpCodecKind::Video,
         };
+        let idle = peer
+            .idle_senders
+            .iter()
+            .position(|i| i.mime.eq_ignore_ascii_case(&source.codec.mime_type))
+            .map(|i| peer.idle_senders.swap_remove(i));
+        let out_ssrc: u32 = idle
+            .as_ref()
+            .map_or_else(rand::random, |i| i.down.out_ssrc());
         let track_id = format!("{publisher_id}-{}-{}", kind, peer.track_counter);
         let local_track = MediaStreamTrack::new(
             publisher_id.clone(),
@@ -755,24 +777,58 @@ impl Engine {
                 ..Default::default()
             }],
         );
-        // Always a new sendonly transceiver: `add_track` would reuse the client's own
-        // (sendonly) audio/video transceivers, which must keep carrying its uplink only.
-        let init = RTCRtpTransceiverInit {
-            direction: RTCRtpTransceiverDirection::Sendonly,
-            streams: vec![publisher_id.clone()],
-            send_encodings: vec![],
+        let added = match idle {
+            // A departed publisher's transceiver: inactive → sendonly with the new
+            // stream id, which browsers take as a new remote track.
+            Some(mut idle) => {
+                // Sendonly first: `rtc` hands out a sender only on a sending transceiver.
+                if let Some(mut t) = peer
+                    .pc
+                    .rtp_transceiver(RTCRtpTransceiverId::from(idle.sender_id))
+                {
+                    t.set_direction(RTCRtpTransceiverDirection::Sendonly);
+                }
+                let reused = peer.pc.rtp_sender(idle.sender_id).map(|mut sender| {
+                    let r = sender.replace_track(local_track);
+                    sender.set_streams(vec![publisher_id.clone()]);
+                    r
+                });
+                match reused {
+                    Some(Ok(())) => {
+                        idle.down.reuse(source.kind);
+                        Ok((idle.sender_id, idle.down))
+                    }
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err("idle sender vanished".to_owned()),
+                }
+            }
+            // Always a new sendonly transceiver otherwise: `add_track` would reuse the
+            // client's own (receiving) audio/video transceivers, which must keep carrying
+            // its uplink only.
+            None => {
+                let init = RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![publisher_id.clone()],
+                    send_encodings: vec![],
+                };
+                peer.pc
+                    .add_transceiver_from_track(local_track, Some(init))
+                    .map(|t| {
+                        (
+                            RTCRtpSenderId::from(t),
+                            DownTrack::new(source.kind, out_ssrc),
+                        )
+                    })
+                    .map_err(|e| e.to_string())
+            }
         };
-        match peer
-            .pc
-            .add_transceiver_from_track(local_track, Some(init))
-            .map(RTCRtpSenderId::from)
-        {
-            Ok(sender_id) => {
+        match added {
+            Ok((sender_id, down)) => {
                 peer.subscriptions.insert(
                     track,
                     Subscription {
                         sender_id,
-                        down: DownTrack::new(source.kind, out_ssrc),
+                        down,
                         mime: source.codec.mime_type.clone(),
                         payload_type: None,
                         held: HeldVideo::new(MAX_HELD_PACKETS),
@@ -1304,9 +1360,18 @@ impl Engine {
                 if let Some(sub) = other.subscriptions.remove(track_key) {
                     self.metrics.subscriptions.dec();
                     other.sender_tracks.retain(|_, t| t != track_key);
-                    if let Err(e) = other.pc.remove_track(sub.sender_id) {
-                        tracing::debug!(peer = %other.id, error = %e, "remove_track");
+                    // Inactive, not removed: the next publisher's track reuses it.
+                    if let Some(mut t) = other
+                        .pc
+                        .rtp_transceiver(RTCRtpTransceiverId::from(sub.sender_id))
+                    {
+                        t.set_direction(RTCRtpTransceiverDirection::Inactive);
                     }
+                    other.idle_senders.push(IdleSender {
+                        sender_id: sub.sender_id,
+                        mime: sub.mime,
+                        down: sub.down,
+                    });
                     other.needs_offer = true;
                 }
                 self.negotiate(subscriber, now);

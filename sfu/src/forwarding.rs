@@ -122,6 +122,15 @@ impl DownTrack {
         self.state == State::WaitingForKeyframe
     }
 
+    /// The down track's sender is taken over by another publisher's track (a reused
+    /// transceiver): wait for the subscriber's answer again, then continue the
+    /// subscriber's sequence and timestamps where the previous track stopped.
+    pub fn reuse(&mut self, kind: MediaKind) {
+        self.kind = kind;
+        self.state = State::NotNegotiated;
+        self.started = false;
+    }
+
     /// The source changes (e.g. another simulcast layer): continue the subscriber's
     /// sequence and timestamps where they stopped, from the new source's next keyframe.
     pub fn rebase(&mut self) {
@@ -277,6 +286,24 @@ impl KeyframeRequests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reused_down_track_waits_for_the_answer_then_continues_the_sequence() {
+        let mut d = DownTrack::new(MediaKind::Audio, 9);
+        d.negotiated();
+        let last = d.forward(100, 5000, || false).unwrap();
+        // Another publisher's track takes over the transceiver.
+        d.reuse(MediaKind::Audio);
+        assert_eq!(d.forward(7, 1, || false), Err(DropReason::NotNegotiated));
+        assert!(!d.negotiated(), "audio needs no keyframe");
+        let first = d.forward(40000, 123456, || false).unwrap();
+        assert_eq!(
+            first.ssrc, 9,
+            "same SSRC: the sender's interceptors are bound to it"
+        );
+        assert_eq!(first.sequence_number, last.sequence_number.wrapping_add(1));
+        assert_eq!(first.timestamp, last.timestamp.wrapping_add(1));
+    }
 
     #[test]
     fn held_video_starts_at_the_latest_keyframe_and_is_bounded() {

@@ -90,6 +90,7 @@ test('two participants see and hear each other; leaving removes the tile', { tim
   const room = uniqueRoom();
   const alice = await openPage(browser, callUrl(server.url, { room, name: 'Alice' }));
   const bob = await openPage(browser, callUrl(server.url, { room, name: 'Bob' }));
+  let carol = null;
   try {
     await t.test('each sees the other’s live video and receives audio', () =>
       withLogs([alice, bob], async () => {
@@ -162,9 +163,31 @@ test('two participants see and hear each other; leaving removes the tile', { tim
         assert.equal(await bob.evaluate(() => window.consilium.state), 'left');
       }),
     );
+
+    await t.test('whoever joins next is seen and heard on the media lines Bob left', () =>
+      withLogs([alice, bob], async () => {
+        // The server reuses a departed participant's transceivers (inactive, then sendonly
+        // with the newcomer's stream): Alice's SDP must not grow with every join and leave.
+        const lines = () => alice.evaluate(() => window.consilium.pc.getTransceivers().length);
+        const before = await waitFor(
+          async () => {
+            const n = await lines();
+            const inactive = await alice.evaluate(() =>
+              window.consilium.pc.getTransceivers().filter((t) => t.currentDirection === 'inactive').length,
+            );
+            return inactive >= 2 ? n : false;
+          },
+          { timeout: 10_000, message: 'Bob’s two forwarded tracks to go inactive on Alice’s side' },
+        );
+        carol = await openPage(browser, callUrl(server.url, { room, name: 'Carol' }));
+        await expectLiveRemote(alice, 'Carol');
+        assert.equal(await lines(), before, 'Carol’s tracks came on the lines Bob left');
+      }),
+    );
   } finally {
     await closePage(alice);
     await closePage(bob);
+    if (carol) await closePage(carol);
   }
 });
 
