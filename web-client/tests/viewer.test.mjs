@@ -295,7 +295,15 @@ test('shared viewer: presenter, followers, annotations, late joiner, restart, up
         assert.equal(line.author_name, 'Dr Presenter');
         assert.ok(line.stats.length_mm > 10, `length in mm: ${JSON.stringify(line.stats)}`);
         assert.match(line.color, /^#[0-9a-f]{6}$/);
-        const own = await hook(presenter, () => window.consiliumViewer.annotations());
+        // The echo reaches each page on its own channel: the follower may have it first.
+        let own = [];
+        await waitFor(
+          async () => {
+            own = await hook(presenter, () => window.consiliumViewer.annotations());
+            return own.length === 1 && !own[0].pending;
+          },
+          { timeout: 5_000, message: 'the presenter’s own echo', detail: () => JSON.stringify(own) },
+        );
         assert.deepEqual(own.map((a) => [a.id, !!a.pending]), [[line.id, false]], 'the presenter’s pending line was replaced by the echo');
 
         // The follower draws an ellipse ROI on the same image; it keeps following.
