@@ -350,9 +350,15 @@ test('shared viewer: presenter, followers, annotations, late joiner, restart, up
         assert.equal(kinds.find((a) => a.kind === 'text').text, 'Spiculated margin?');
         const outline = kinds.find((a) => a.kind === 'freehand');
         assert.ok(outline.points.length >= 10 && outline.stats.area_mm2 > 0 && typeof outline.stats.mean === 'number', JSON.stringify(outline.stats));
-        const seqs = await Promise.all([hook(presenter, () => window.consiliumViewer.seq()), hook(follower, () => window.consiliumViewer.seq())]);
-        assert.equal(seqs[0], seqs[1]);
-        assert.ok(seqs[0] >= 5, `seq ${seqs[0]}`);
+        // Both pages reach the same seq (each on its own channel, so not at the same instant).
+        let seqs = [];
+        await waitFor(
+          async () => {
+            seqs = await Promise.all([hook(presenter, () => window.consiliumViewer.seq()), hook(follower, () => window.consiliumViewer.seq())]);
+            return seqs[0] === seqs[1] && seqs[0] >= 5;
+          },
+          { timeout: 5_000, message: 'the same seq on both pages', detail: () => JSON.stringify(seqs) },
+        );
       }),
     );
 
