@@ -179,9 +179,26 @@ test('two participants see and hear each other; leaving removes the tile', { tim
           },
           { timeout: 10_000, message: 'Bob’s two forwarded tracks to go inactive on Alice’s side' },
         );
+        const plis = () =>
+          alice.evaluate(async () => {
+            let n = 0;
+            (await window.consilium.pc.getStats()).forEach((r) => {
+              if (r.type === 'outbound-rtp' && r.kind === 'video') n += r.pliCount ?? 0;
+            });
+            return n;
+          });
+        const plisBefore = await plis();
         carol = await openPage(browser, callUrl(server.url, { room, name: 'Carol' }));
         await expectLiveRemote(alice, 'Carol');
         assert.equal(await lines(), before, 'Carol’s tracks came on the lines Bob left');
+        // Carol joins a running call: the SFU asks Alice for a keyframe for her, and Alice's
+        // browser counts that PLI.
+        let after;
+        await waitFor(async () => (after = await plis()) > plisBefore, {
+          timeout: 10_000,
+          message: 'a keyframe request for Carol to reach Alice',
+          detail: () => `pliCount ${plisBefore} → ${after}`,
+        });
       }),
     );
   } finally {
