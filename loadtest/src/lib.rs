@@ -14,6 +14,7 @@ pub mod run;
 pub mod run_report;
 pub mod scenario;
 pub mod stats;
+pub mod sync;
 pub mod units;
 pub mod voice;
 pub mod vp8;

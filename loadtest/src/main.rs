@@ -49,6 +49,37 @@ enum Command {
     /// A user-space WAN emulator: relay UDP and/or TCP with delay, jitter and loss.
     #[command(after_help = WAN_HELP)]
     Wan(WanArgs),
+    /// Shared-viewer latency: a presenter's viewport changes and annotations, timed from
+    /// the presenter's send to each follower's receipt through the server's authority.
+    Sync(SyncArgs),
+}
+
+#[derive(Debug, Args)]
+struct SyncArgs {
+    /// Signaling URL of the server.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+    /// The room (a fresh one by default, so earlier annotations do not weigh in).
+    #[arg(long)]
+    room: Option<String>,
+    /// Participants following the presenter.
+    #[arg(long, default_value_t = 10)]
+    followers: usize,
+    /// How long the presenter keeps changing the view, e.g. 20s.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Viewport changes per second.
+    #[arg(long, default_value_t = 30.0)]
+    viewer_rate: f64,
+    /// Annotations per second (the server allows 10 a second after a burst of 30).
+    #[arg(long, default_value_t = 2.0)]
+    annotation_rate: f64,
+    /// Participants also publish audio and video, as in a real board.
+    #[arg(long)]
+    media: bool,
+    /// Directory for report.json (created if missing).
+    #[arg(long, default_value = ".")]
+    report: PathBuf,
 }
 
 const WAN_HELP: &str = "\
@@ -177,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Connect(args) => run_connect(args).await,
+        Command::Sync(args) => run_sync(args).await,
         Command::Run(args) => run_load(args).await,
         Command::Wan(args) => {
             let udp = args.udp || args.both || !args.tcp;
@@ -223,6 +255,52 @@ async fn run_load(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", json.display()))?;
     std::fs::write(&html, report.html()).with_context(|| format!("writing {}", html.display()))?;
     println!("wrote {} and {}", json.display(), html.display());
+    Ok(())
+}
+
+async fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
+    let room = args
+        .room
+        .unwrap_or_else(|| format!("sync-{:08x}", rand::random::<u32>()));
+    let report = loadtest::sync::run(&loadtest::sync::SyncOptions {
+        url: args.url,
+        room,
+        followers: args.followers,
+        duration: args.duration,
+        viewer_rate: args.viewer_rate,
+        annotation_rate: args.annotation_rate,
+        media: args.media,
+    })
+    .await?;
+    let row = |name: &str, p: &loadtest::stats::Percentiles, sent: usize, got: usize| {
+        format!(
+            "{name:<22} p50 {:>7.2}  p95 {:>7.2}  p99 {:>7.2}  max {:>7.2} ms   sent {sent}, received {got}",
+            p.p50, p.p95, p.p99, p.max
+        )
+    };
+    println!(
+        "{} followers, {:.1} s\n{}\n{}",
+        report.followers,
+        report.duration_s,
+        row(
+            "viewer → followers",
+            &report.viewer_latency_ms,
+            report.viewer_sent,
+            report.viewer_received
+        ),
+        row(
+            "annotation → followers",
+            &report.annotation_latency_ms,
+            report.annotations_sent,
+            report.annotations_received
+        ),
+    );
+    std::fs::create_dir_all(&args.report)
+        .with_context(|| format!("creating {}", args.report.display()))?;
+    let json = args.report.join("report.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    println!("wrote {}", json.display());
     Ok(())
 }
 
