@@ -1166,7 +1166,8 @@ impl Engine {
                 if reason == DropReason::NotNegotiated
                     && matches!(sub.down.kind(), MediaKind::Video(_))
                 {
-                    sub.held.push(packet.clone(), keyframe());
+                    sub.held
+                        .push(packet.header.sequence_number, packet.clone(), keyframe());
                 }
                 metrics.fast.dropped(reason).inc();
                 return false;

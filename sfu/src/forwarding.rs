@@ -188,11 +188,16 @@ impl DownTrack {
 /// one publisher round trip later (the keyframe is requested when the subscriber's ICE
 /// connects, while the DTLS handshake still has round trips to go).
 ///
-/// Bounded: past `max_packets` it gives up and the subscriber waits for a fresh keyframe,
-/// as it would have without it.
+/// Packets are kept as they arrive and handed out in sequence order from the newest
+/// keyframe's first packet: a network that reorders delivers some of a keyframe's packets
+/// before its first one, and without them the keyframe could not be decoded (and the
+/// subscriber's NACKs for them could not be answered).
+///
+/// Bounded: the oldest packets go first past `max_packets`.
 #[derive(Debug, Clone)]
 pub struct HeldVideo<P> {
-    packets: Vec<P>,
+    /// (sequence number, starts a keyframe, packet), in arrival order.
+    packets: std::collections::VecDeque<(u16, bool, P)>,
     max_packets: usize,
 }
 
@@ -200,34 +205,45 @@ impl<P> HeldVideo<P> {
     /// Holds at most `max_packets` (a keyframe and the frames after it).
     pub fn new(max_packets: usize) -> Self {
         Self {
-            packets: Vec::new(),
+            packets: std::collections::VecDeque::new(),
             max_packets,
         }
     }
 
     /// Offers one packet of the publisher's stream; `keyframe_start` says whether it begins
-    /// a keyframe. Nothing is held before the first keyframe (it could not be decoded).
-    pub fn push(&mut self, packet: P, keyframe_start: bool) {
-        if keyframe_start {
-            self.packets.clear();
-        } else if self.packets.is_empty() {
-            return;
-        }
+    /// a keyframe.
+    pub fn push(&mut self, sequence_number: u16, packet: P, keyframe_start: bool) {
         if self.packets.len() >= self.max_packets {
-            self.packets.clear();
-            return;
+            self.packets.pop_front();
         }
-        self.packets.push(packet);
+        self.packets
+            .push_back((sequence_number, keyframe_start, packet));
     }
 
     /// Whether a decodable start (a keyframe) is held.
     pub fn has_keyframe(&self) -> bool {
-        !self.packets.is_empty()
+        self.packets.iter().any(|(_, key, _)| *key)
     }
 
-    /// Takes what is held, oldest first.
+    /// Takes what is held from the newest keyframe on, in sequence order; what came
+    /// before that keyframe is dropped.
     pub fn take(&mut self) -> Vec<P> {
-        std::mem::take(&mut self.packets)
+        let packets = std::mem::take(&mut self.packets);
+        let Some(start) = packets
+            .iter()
+            .rev()
+            .find(|(_, key, _)| *key)
+            .map(|(seq, _, _)| *seq)
+        else {
+            return Vec::new();
+        };
+        let mut from_start: Vec<(u16, P)> = packets
+            .into_iter()
+            .map(|(seq, _, p)| (seq.wrapping_sub(start), p))
+            .filter(|(distance, _)| *distance < 0x8000)
+            .collect();
+        from_start.sort_by_key(|(distance, _)| *distance);
+        from_start.into_iter().map(|(_, p)| p).collect()
     }
 }
 
@@ -308,25 +324,35 @@ mod tests {
     #[test]
     fn held_video_starts_at_the_latest_keyframe_and_is_bounded() {
         let mut h = HeldVideo::new(4);
-        h.push(1, false);
+        h.push(1, 1, false);
         assert!(!h.has_keyframe(), "a delta frame alone is useless");
-        h.push(2, true);
-        h.push(3, false);
-        h.push(4, true);
-        h.push(5, false);
+        h.push(2, 2, true);
+        h.push(3, 3, false);
+        h.push(4, 4, true);
+        h.push(5, 5, false);
         assert_eq!(h.take(), vec![4, 5], "only from the newest keyframe");
         assert!(!h.has_keyframe());
-        for p in [10, 11, 12, 13] {
-            h.push(p, p == 10);
+        for p in [10, 11, 12, 13, 14] {
+            h.push(p, p, p == 10);
         }
-        assert!(h.has_keyframe());
-        h.push(14, false);
         assert!(
             !h.has_keyframe(),
-            "over the bound: wait for a fresh keyframe"
+            "over the bound the oldest go: wait for a fresh one"
         );
-        h.push(15, false);
         assert!(h.take().is_empty());
+    }
+
+    #[test]
+    fn held_video_puts_a_reordered_keyframe_back_in_sequence() {
+        let mut h = HeldVideo::new(16);
+        // A delta frame's packet from before the keyframe, then the keyframe's packets
+        // out of order (its 3rd and 2nd arrive before its 1st), across the wrap.
+        h.push(65533, "old", false);
+        h.push(0, "k3", false);
+        h.push(65535, "k2", false);
+        h.push(65534, "k1", true);
+        h.push(1, "d1", false);
+        assert_eq!(h.take(), vec!["k1", "k2", "k3", "d1"]);
     }
 
     #[test]
