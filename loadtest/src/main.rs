@@ -247,15 +247,13 @@ async fn run_load(args: RunArgs) -> anyhow::Result<()> {
     })
     .await?;
     println!("{}", report.table());
-    std::fs::create_dir_all(&args.report)
-        .with_context(|| format!("creating {}", args.report.display()))?;
-    let json = args.report.join("report.json");
-    let html = args.report.join("report.html");
-    std::fs::write(&json, report.to_json())
-        .with_context(|| format!("writing {}", json.display()))?;
-    std::fs::write(&html, report.html()).with_context(|| format!("writing {}", html.display()))?;
-    println!("wrote {} and {}", json.display(), html.display());
-    Ok(())
+    write_reports(
+        &args.report,
+        &[
+            ("report.json", report.to_json()),
+            ("report.html", report.html()),
+        ],
+    )
 }
 
 async fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
@@ -295,12 +293,22 @@ async fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
             report.annotations_received
         ),
     );
-    std::fs::create_dir_all(&args.report)
-        .with_context(|| format!("creating {}", args.report.display()))?;
-    let json = args.report.join("report.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("writing {}", json.display()))?;
-    println!("wrote {}", json.display());
+    write_reports(
+        &args.report,
+        &[("report.json", serde_json::to_string_pretty(&report)?)],
+    )
+}
+
+/// Writes a benchmark's report files into `dir` (created if missing) and says where.
+fn write_reports(dir: &std::path::Path, files: &[(&str, String)]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut written = Vec::new();
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path.display().to_string());
+    }
+    println!("wrote {}", written.join(" and "));
     Ok(())
 }
 
@@ -318,15 +326,13 @@ async fn run_connect(args: ConnectArgs) -> anyhow::Result<()> {
     })
     .await?;
     println!("{}", report.table());
-    std::fs::create_dir_all(&args.report)
-        .with_context(|| format!("creating {}", args.report.display()))?;
-    let json = args.report.join("report.json");
-    let html = args.report.join("report.html");
-    std::fs::write(&json, report.to_json())
-        .with_context(|| format!("writing {}", json.display()))?;
-    std::fs::write(&html, report.html()).with_context(|| format!("writing {}", html.display()))?;
-    println!("wrote {} and {}", json.display(), html.display());
-    Ok(())
+    write_reports(
+        &args.report,
+        &[
+            ("report.json", report.to_json()),
+            ("report.html", report.html()),
+        ],
+    )
 }
 
 #[cfg(test)]
