@@ -103,11 +103,22 @@ async fn two_peers_exchange_audio_and_video_and_see_each_other_leave() {
             "no echo"
         );
     }
-    // The forwarder asked each publisher for a keyframe when the other subscribed.
-    // (Chromium counts these as outbound pliCount; the `rtc` client does not surface
-    // PLIs for its own senders, so the server's count is what is checked here.)
+    // A subscriber's keyframe request (its decoder lost the picture) reaches the
+    // publisher through the SFU.
+    let plis_before = alice.stats().plis_received;
+    bob.request_keyframes();
+    let mut relayed = false;
+    for _ in 0..50 {
+        if alice.stats().plis_received > plis_before {
+            relayed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(relayed, "bob's PLI did not reach alice");
     let metrics = http_get(&server, "/metrics").await;
-    assert!(metric(&metrics, "consilium_keyframe_requests_total") >= 2.0);
+    assert!(metric(&metrics, "consilium_rtcp_feedback_total{type=\"pli\"}") >= 1.0);
+    assert!(metric(&metrics, "consilium_keyframe_requests_total") >= 1.0);
 
     // Data channel: relayed to the other, stamped with the sender.
     alice.send_data(&json!({"kind": "viewer", "slice": 42}));
@@ -244,6 +255,61 @@ async fn data_channel_refuses_non_json_and_oversized_messages_without_relaying()
     assert_eq!(
         got,
         Some(Event::Data(json!({"from": a.id, "msg": {"ok": 1}})))
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_lost_on_the_way_to_a_subscriber_is_resent_on_its_nack() {
+    let server = server().await;
+    let url = ws_url(&server);
+    let publisher = Participant::join(ParticipantConfig::new(&url, "lossy", "Publisher"))
+        .await
+        .unwrap();
+    // One RTP datagram in 8 is lost on the subscriber's downlink; its NACK generator asks
+    // for them, and only the SFU can answer (the publisher never sent it anything).
+    let mut subscriber = Participant::join(ParticipantConfig {
+        publish_audio: false,
+        publish_video: false,
+        drop_every_nth_rtp: Some(8),
+        ..ParticipantConfig::new(&url, "lossy", "Subscriber")
+    })
+    .await
+    .unwrap();
+    wait_for_media(&mut subscriber, &publisher.id).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let stats = subscriber.stats();
+    let video = stats
+        .tracks
+        .values()
+        .find(|t| t.publisher == publisher.id && t.kind == Kind::Video)
+        .expect("a video track from the publisher");
+    assert!(
+        stats.rtp_dropped_on_purpose >= 20,
+        "the emulated loss happened: {} dropped",
+        stats.rtp_dropped_on_purpose
+    );
+    assert!(
+        video.packets >= 50,
+        "video flowed: {} packets",
+        video.packets
+    );
+    // What is still missing is at most what was lost in the last NACK round trip.
+    assert!(
+        video.quality.lost() <= 3,
+        "video packets never repaired: {} of {} expected ({} RTP datagrams dropped)",
+        video.quality.lost(),
+        video.quality.expected(),
+        stats.rtp_dropped_on_purpose
+    );
+    let metrics = http_get(&server, "/metrics").await;
+    assert!(
+        metric(
+            &metrics,
+            "consilium_nack_retransmissions_total{outcome=\"sent\"}"
+        ) >= 5.0,
+        "the SFU answered NACKs from its history"
     );
     server.shutdown().await;
 }

@@ -14,7 +14,7 @@ use crate::vp8::ClipVideo;
 use anyhow::{Context, anyhow, bail};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
-use rtc::interceptor::Registry;
+use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::{MediaStreamTrack, MediaStreamTrackId};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -64,6 +64,9 @@ pub struct ParticipantConfig {
     pub keep_latency_samples: bool,
     /// Local address for the media socket (loopback in tests).
     pub bind_ip: IpAddr,
+    /// Discard every n-th RTP datagram that arrives once media is up: downlink loss that
+    /// the SFU must repair on NACK (the peer's NACK generator asks for what is missing).
+    pub drop_every_nth_rtp: Option<u32>,
 }
 
 impl ParticipantConfig {
@@ -80,6 +83,7 @@ impl ParticipantConfig {
             media: None,
             keep_latency_samples: true,
             bind_ip: IpAddr::from([127, 0, 0, 1]),
+            drop_every_nth_rtp: None,
         }
     }
 }
@@ -185,11 +189,14 @@ pub struct Stats {
     pub sent_packets: u64,
     pub sent_bytes: u64,
     pub plis_received: u64,
+    /// RTP datagrams discarded on arrival by [`ParticipantConfig::drop_every_nth_rtp`].
+    pub rtp_dropped_on_purpose: u64,
     pub timings: JoinTimings,
 }
 
 enum Command {
     SendData(String),
+    RequestKeyframes,
     Leave,
 }
 
@@ -284,6 +291,8 @@ impl Participant {
                 peer,
                 events: event_tx,
                 stats: stats.clone(),
+                drop_every_nth_rtp: config.drop_every_nth_rtp,
+                rtp_seen: 0,
             }
             .run(command_rx),
         );
@@ -331,6 +340,12 @@ impl Participant {
         let _ = self.commands.send(Command::SendData(message.to_string()));
     }
 
+    /// Asks for a keyframe (PLI) on every video track received so far, as a decoder that
+    /// lost its picture does.
+    pub fn request_keyframes(&self) {
+        let _ = self.commands.send(Command::RequestKeyframes);
+    }
+
     /// Leaves the room and waits for the loop to end.
     pub async fn leave(mut self) {
         let _ = self.commands.send(Command::Leave);
@@ -374,6 +389,8 @@ struct ClientPeer {
     local_candidate: Value,
     /// Remote tracks by this connection's track id: (publisher, kind).
     remote: HashMap<MediaStreamTrackId, (String, Kind)>,
+    /// Receivers of remote video, for keyframe requests.
+    video_receivers: Vec<rtc::rtp_transceiver::RTCRtpReceiverId>,
     keep_latency_samples: bool,
 }
 
@@ -401,7 +418,12 @@ impl ClientPeer {
     fn new(config: &ParticipantConfig, local_addr: SocketAddr) -> anyhow::Result<Self> {
         let mut media_engine = MediaEngine::default();
         media_engine.register_default_codecs()?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+        // `rtc` hands inbound RTCP to the application only when an interceptor marks it:
+        // without this, keyframe requests would never reach the publisher's encoder.
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
+            Slot::from(14_000),
+            consilium_sfu::feedback::FeedbackForApplication::default(),
+        );
         // `rtc` paces its connectivity checks at 200 ms and nominates a pair only at the
         // next pacing tick after its check succeeded, so a join would wait up to 200 ms
         // for nothing; a browser nominates at once. Check every 25 ms (same 1.4 s budget).
@@ -509,6 +531,7 @@ impl ClientPeer {
             data_channel,
             local_candidate,
             remote: HashMap::new(),
+            video_receivers: Vec::new(),
             keep_latency_samples: config.keep_latency_samples,
         })
     }
@@ -552,6 +575,9 @@ struct Loop {
     peer: ClientPeer,
     events: mpsc::UnboundedSender<Event>,
     stats: Arc<Mutex<Stats>>,
+    drop_every_nth_rtp: Option<u32>,
+    /// RTP datagrams seen since media came up (for `drop_every_nth_rtp`).
+    rtp_seen: u64,
 }
 
 impl Loop {
@@ -590,6 +616,9 @@ impl Loop {
                 }
                 res = self.socket.recv_from(&mut buf) => {
                     if let Ok((n, from)) = res {
+                        if connected && self.drop_on_purpose(&buf[..n]) {
+                            continue;
+                        }
                         let _ = self.peer.pc.handle_read(TaggedBytesMut {
                             now: Instant::now(),
                             transport: TransportContext {
@@ -612,6 +641,7 @@ impl Loop {
                             let _ = dc.send_text(Instant::now(), text);
                         }
                     }
+                    Some(Command::RequestKeyframes) => self.request_keyframes(),
                     Some(Command::Leave) | None => {
                         let _ = self.ws.send(Message::Text(r#"{"type":"leave"}"#.into())).await;
                         let _ = self.ws.close(None).await;
@@ -675,6 +705,44 @@ impl Loop {
         Ok(())
     }
 
+    fn request_keyframes(&mut self) {
+        for &id in &self.peer.video_receivers {
+            let Some(mut receiver) = self.peer.pc.rtp_receiver(id) else {
+                continue;
+            };
+            let Some(media_ssrc) = receiver.track().ssrcs().next() else {
+                continue;
+            };
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc,
+            };
+            let _ = receiver.write_rtcp(Instant::now(), vec![Box::new(pli)]);
+        }
+    }
+
+    /// Whether this datagram is the n-th RTP one (RFC 5761: RTCP has payload types
+    /// 192–223 in the second byte, RTP not) and is to be lost on purpose.
+    fn drop_on_purpose(&mut self, datagram: &[u8]) -> bool {
+        let Some(n) = self.drop_every_nth_rtp else {
+            return false;
+        };
+        let is_rtp = datagram.len() >= 12
+            && (128..=191).contains(&datagram[0])
+            && !(192..=223).contains(&datagram[1]);
+        if !is_rtp {
+            return false;
+        }
+        self.rtp_seen += 1;
+        if self.rtp_seen % u64::from(n.max(1)) != 0 {
+            return false;
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.rtp_dropped_on_purpose += 1;
+        }
+        true
+    }
+
     /// Handles everything the connection has for us.
     fn drain(&mut self) {
         loop {
@@ -728,6 +796,9 @@ impl Loop {
                     Some(RtpCodecKind::Audio) => Kind::Audio,
                     _ => Kind::Video,
                 };
+                if kind == Kind::Video {
+                    self.peer.video_receivers.push(init.receiver_id);
+                }
                 self.peer.remote.insert(init.track_id, (publisher, kind));
             }
             _ => {}

@@ -10,16 +10,21 @@
 
 use crate::codec::VideoCodec;
 use crate::demux::Demux;
-use crate::forwarding::{DownTrack, DropReason, HeldVideo, KeyframeRequests, MediaKind};
+use crate::feedback::FeedbackForApplication;
+use crate::forwarding::{DownTrack, KeyframeRequests, MediaKind, PacketHistory, Rewrite};
 use crate::{SfuConfig, SfuError, SfuMetrics};
 use bytes::{Bytes, BytesMut};
-use rtc::interceptor::Registry;
+use rtc::interceptor::{
+    NackGeneratorBuilder, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
+};
 use rtc::media_stream::{MediaStreamTrack, MediaStreamTrackId};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_simulcast_extension_headers, configure_twcc_receiver_only,
+};
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
@@ -321,8 +326,6 @@ struct Subscription {
     down: DownTrack,
     mime: String,
     payload_type: Option<u8>,
-    /// Video from the latest keyframe while the subscriber's transport comes up.
-    held: HeldVideo<rtc::rtp::Packet>,
 }
 
 /// A subscriber's sending transceiver without a track, ready to carry the next one.
@@ -334,9 +337,16 @@ struct IdleSender {
     down: DownTrack,
 }
 
-/// Most packets held for one connecting subscriber: a 1080p keyframe and a second of
-/// frames after it; past that it waits for a fresh keyframe as it would without holding.
-const MAX_HELD_PACKETS: usize = 512;
+/// Packets of history kept per published video track: a 1080p keyframe and about a second
+/// of frames after it at screen-share rates, and a NACK's worth of round trips at camera
+/// rates.
+const VIDEO_HISTORY_PACKETS: usize = 512;
+
+/// How old the newest keyframe may be for a subscriber whose transport just came up to
+/// start from it (it is asked for when the subscriber's ICE connects, so it normally
+/// arrived a round trip or two ago); older, the subscriber asks for a fresh one instead of
+/// being sent a burst of stale video.
+const MAX_KEYFRAME_REPLAY_AGE: Duration = Duration::from_secs(1);
 
 /// A track a peer publishes, and who receives it.
 struct PublishedTrack {
@@ -347,6 +357,8 @@ struct PublishedTrack {
     codec: RTCRtpCodec,
     subscribers: Vec<PeerKey>,
     keyframes: KeyframeRequests,
+    /// Recent packets (video only): a joiner's first keyframe and NACK answers.
+    history: Option<PacketHistory<rtc::rtp::Packet>>,
 }
 
 struct MediaPeer {
@@ -519,8 +531,7 @@ impl Engine {
             .build();
         let mut media_engine = MediaEngine::default();
         media_engine.register_default_codecs().map_err(rtc_err)?;
-        let registry =
-            register_default_interceptors(Registry::new(), &mut media_engine).map_err(rtc_err)?;
+        let registry = interceptors(&mut media_engine).map_err(rtc_err)?;
         let configuration = RTCConfigurationBuilder::new()
             .with_certificates(vec![self.certificate.clone()])
             .build();
@@ -694,27 +705,25 @@ impl Engine {
         }
         let mut keyframe_for = Vec::new();
         let mut replay = Vec::new();
+        let fresh_since = now.checked_sub(MAX_KEYFRAME_REPLAY_AGE).unwrap_or(now);
         for (track, sub) in &mut peer.subscriptions {
             if sub.payload_type.is_some() && sub.down.negotiated() {
-                if sub.held.has_keyframe() {
-                    replay.push((*track, sub.held.take()));
-                } else {
-                    keyframe_for.push(*track);
+                let start = self
+                    .tracks
+                    .get(track)
+                    .and_then(|t| t.history.as_ref())
+                    .and_then(|h| Some((h.keyframe_since(fresh_since)?, h)))
+                    .and_then(|(seq, h)| h.get(seq).cloned());
+                match start {
+                    Some(keyframe) => replay.push((*track, keyframe)),
+                    None => keyframe_for.push(*track),
                 }
-            } else if !sub.down.needs_keyframe() {
-                // Forwarding already, or audio: nothing to hold any more.
-                sub.held.take();
             }
         }
-        for (track, packets) in replay {
-            let codec = self
-                .tracks
-                .get(&track)
-                .map_or(VideoCodec::Other, |t| t.kind.video_codec());
-            for packet in packets {
-                let mut keyframe = || codec.is_keyframe_start(&packet.payload);
-                self.forward_to(key, track, &packet, &mut keyframe, now);
-            }
+        // The keyframe (asked for when ICE connected) starts the stream; `forward_to`
+        // sends what of it and after it the history holds.
+        for (track, keyframe) in replay {
+            self.forward_to(key, track, &keyframe, &mut || true, now);
         }
         for track in keyframe_for {
             self.request_keyframe(track, now);
@@ -722,7 +731,7 @@ impl Engine {
     }
 
     /// The subscriber's ICE is up and DTLS has round trips to go: ask for the keyframe
-    /// now and hold it (see [`HeldVideo`]) rather than ask once DTLS is done.
+    /// now, so that it is in the track's [`PacketHistory`] when DTLS is done.
     fn prefetch_keyframes(&mut self, key: PeerKey, now: Instant) {
         let Some(peer) = self.peers.get(&key) else {
             return;
@@ -831,7 +840,6 @@ impl Engine {
                         down,
                         mime: source.codec.mime_type.clone(),
                         payload_type: None,
-                        held: HeldVideo::new(MAX_HELD_PACKETS),
                     },
                 );
                 peer.sender_tracks.insert(track_id, track);
@@ -1029,6 +1037,8 @@ impl Engine {
                 codec,
                 subscribers: Vec::new(),
                 keyframes: KeyframeRequests::new(self.config.keyframe_request_interval),
+                history: matches!(kind, MediaKind::Video(_))
+                    .then(|| PacketHistory::new(VIDEO_HISTORY_PACKETS)),
             },
         );
         let others: Vec<PeerKey> = self
@@ -1076,9 +1086,8 @@ impl Engine {
                         "pli"
                     } else if any.is::<FullIntraRequest>() {
                         "fir"
-                    } else if any.is::<TransportLayerNack>() {
-                        // Answered from the sender's retransmission buffer by the
-                        // NACK responder interceptor.
+                    } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                        self.resend(key, source, nack, now);
                         "nack"
                     } else {
                         continue;
@@ -1116,9 +1125,12 @@ impl Engine {
         // Lent out for the loop (forwarding never changes who subscribes), so the loop
         // needs no lookup of the track and no copy of the list.
         let subscribers = std::mem::take(&mut source.subscribers);
-        // Whether the packet starts a keyframe is read at most once, and only if some
-        // subscriber waits for one.
-        let mut is_keyframe: Option<bool> = None;
+        // Whether the packet starts a keyframe is read at most once: always for a track
+        // with history (its keyframes are indexed), else only if a subscriber waits for one.
+        let mut is_keyframe: Option<bool> = source
+            .history
+            .is_some()
+            .then(|| codec.is_keyframe_start(&packet.payload));
         let mut keyframe =
             || *is_keyframe.get_or_insert_with(|| codec.is_keyframe_start(&packet.payload));
         let mut forwarded = 0;
@@ -1127,14 +1139,23 @@ impl Engine {
                 forwarded += 1;
             }
         }
+        let keyframe_start = keyframe();
         if let Some(source) = self.tracks.get_mut(&track_key) {
             source.subscribers = subscribers;
+            // After the loop: a subscriber that starts at this packet is sent the history
+            // after it, which must not include it.
+            if let Some(history) = &mut source.history {
+                history.insert(packet.header.sequence_number, packet, keyframe_start, now);
+            }
         }
         forwarded
     }
 
-    /// Decides and writes one packet for one subscriber; video that arrives before the
-    /// subscriber is ready is held (see [`HeldVideo`]). Returns whether it was sent.
+    /// Decides and writes one packet for one subscriber. Returns whether it was sent.
+    ///
+    /// When the packet starts this subscriber's video (a keyframe after waiting for one),
+    /// the packets of the track's history after it follow at once: a reordering network
+    /// delivered some of that keyframe before its first packet.
     fn forward_to(
         &mut self,
         subscriber: PeerKey,
@@ -1145,6 +1166,7 @@ impl Engine {
     ) -> bool {
         let Engine {
             peers,
+            tracks,
             metrics,
             dirty,
             ..
@@ -1155,6 +1177,7 @@ impl Engine {
         let Some(sub) = peer.subscriptions.get_mut(&track_key) else {
             return false;
         };
+        let was_waiting = sub.down.needs_keyframe();
         let decision = sub.down.forward(
             packet.header.sequence_number,
             packet.header.timestamp,
@@ -1163,12 +1186,6 @@ impl Engine {
         let rewrite = match decision {
             Ok(r) => r,
             Err(reason) => {
-                if reason == DropReason::NotNegotiated
-                    && matches!(sub.down.kind(), MediaKind::Video(_))
-                {
-                    sub.held
-                        .push(packet.header.sequence_number, packet.clone(), keyframe());
-                }
                 metrics.fast.dropped(reason).inc();
                 return false;
             }
@@ -1176,33 +1193,94 @@ impl Engine {
         let Some(pt) = sub.payload_type else {
             return false;
         };
-        let payload_len = packet.payload.len() as u64;
-        let mut out = packet.clone();
-        out.header.ssrc = rewrite.ssrc;
-        out.header.sequence_number = rewrite.sequence_number;
-        out.header.timestamp = rewrite.timestamp;
-        out.header.payload_type = pt;
-        // Extension ids are per connection: the publisher's would mean other things
-        // (or misroute by MID) on the subscriber's.
-        out.header.extension = false;
-        out.header.extensions.clear();
-        out.header.extension_profile = 0;
-        let Some(mut sender) = peer.pc.rtp_sender(sub.sender_id) else {
-            return false;
-        };
-        match sender.write_rtp(now, out) {
-            Ok(()) => {
-                metrics.forwarded_packets.inc();
-                metrics.forwarded_bytes.inc_by(payload_len);
-                dirty.push(subscriber);
-                true
-            }
-            Err(e) => {
-                tracing::trace!(peer = %peer.id, error = %e, "write_rtp failed");
-                metrics.fast.dropped_write_failed.inc();
-                false
+        let sent = write_forwarded(
+            peer.pc.rtp_sender(sub.sender_id),
+            packet,
+            rewrite,
+            pt,
+            now,
+            metrics,
+        );
+        if was_waiting {
+            let history = tracks.get(&track_key).and_then(|t| t.history.as_ref());
+            for early in history
+                .into_iter()
+                .flat_map(|h| h.after(packet.header.sequence_number))
+            {
+                let Ok(rewrite) =
+                    sub.down
+                        .forward(early.header.sequence_number, early.header.timestamp, || {
+                            false
+                        })
+                else {
+                    continue;
+                };
+                write_forwarded(
+                    peer.pc.rtp_sender(sub.sender_id),
+                    early,
+                    rewrite,
+                    pt,
+                    now,
+                    metrics,
+                );
             }
         }
+        dirty.push(subscriber);
+        sent
+    }
+
+    /// Answers a subscriber's NACK from the track's history: also packets this subscriber
+    /// was never sent (they were lost on the publisher's uplink and repaired since, or
+    /// arrived reordered before its stream started), which a per-sender buffer could not.
+    fn resend(
+        &mut self,
+        subscriber: PeerKey,
+        track_key: TrackKey,
+        nack: &TransportLayerNack,
+        now: Instant,
+    ) {
+        let Engine {
+            peers,
+            tracks,
+            metrics,
+            dirty,
+            ..
+        } = self;
+        let (Some(peer), Some(history)) = (
+            peers.get_mut(&subscriber),
+            tracks.get(&track_key).and_then(|t| t.history.as_ref()),
+        ) else {
+            return;
+        };
+        let Some(sub) = peer.subscriptions.get(&track_key) else {
+            return;
+        };
+        let Some(pt) = sub.payload_type else {
+            return;
+        };
+        for pair in &nack.nacks {
+            for out_seq in *pair {
+                let original = sub.down.source_of(out_seq).and_then(|seq| history.get(seq));
+                let Some(original) = original else {
+                    metrics.resent_missing.inc();
+                    continue;
+                };
+                let rewrite = sub
+                    .down
+                    .resend(original.header.sequence_number, original.header.timestamp);
+                if write_forwarded(
+                    peer.pc.rtp_sender(sub.sender_id),
+                    original,
+                    rewrite,
+                    pt,
+                    now,
+                    metrics,
+                ) {
+                    metrics.resent.inc();
+                }
+            }
+        }
+        dirty.push(subscriber);
     }
 
     /// Sends an offer to a peer whose forwarded tracks changed, one at a time.
@@ -1396,6 +1474,72 @@ impl Engine {
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
         for key in keys {
             self.remove(key, Some("server shutting down"));
+        }
+    }
+}
+
+/// The interceptors of every connection: `rtc`'s defaults without the NACK responder,
+/// whose per-sender copy of every packet sent would cost memory per subscription; NACKs
+/// are answered from the one [`PacketHistory`] per published track instead.
+fn interceptors(media_engine: &mut MediaEngine) -> Result<Registry, rtc::shared::error::Error> {
+    for parameter in ["", "pli"] {
+        media_engine.register_feedback(
+            rtc::rtp_transceiver::rtp_sender::RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: parameter.to_owned(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    // The generator NACKs what a publisher's uplink lost (repaired by RTX or resends).
+    let registry = Registry::new().with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+    configure_simulcast_extension_headers(media_engine)?;
+    let registry = configure_twcc_receiver_only(registry, media_engine)?;
+    Ok(registry
+        .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+        .with(Slot::SenderReport, SenderReportBuilder::new().build())
+        // Application-most: every interceptor has seen the feedback before it is marked.
+        .with(Slot::from(14_000), FeedbackForApplication::default()))
+}
+
+/// Writes one packet to a subscriber's sender under its rewritten header. The header is
+/// built, not cloned: extension ids are per connection (the publisher's would mean other
+/// things, or misroute by MID, on the subscriber's), and not copying them saves an
+/// allocation per packet and subscriber.
+fn write_forwarded(
+    sender: Option<rtc::rtp_transceiver::rtp_sender::RTCRtpSender<'_>>,
+    packet: &rtc::rtp::Packet,
+    rewrite: Rewrite,
+    payload_type: u8,
+    now: Instant,
+    metrics: &SfuMetrics,
+) -> bool {
+    let Some(mut sender) = sender else {
+        return false;
+    };
+    let out = rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            padding: packet.header.padding,
+            marker: packet.header.marker,
+            payload_type,
+            sequence_number: rewrite.sequence_number,
+            timestamp: rewrite.timestamp,
+            ssrc: rewrite.ssrc,
+            ..Default::default()
+        },
+        payload: packet.payload.clone(),
+    };
+    match sender.write_rtp(now, out) {
+        Ok(()) => {
+            metrics.forwarded_packets.inc();
+            metrics.forwarded_bytes.inc_by(packet.payload.len() as u64);
+            true
+        }
+        Err(e) => {
+            tracing::trace!(error = %e, "write_rtp failed");
+            metrics.fast.dropped_write_failed.inc();
+            false
         }
     }
 }

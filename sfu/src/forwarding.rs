@@ -181,69 +181,117 @@ impl DownTrack {
         }
         Ok(rewrite)
     }
+
+    /// The publisher's sequence number behind a number this subscriber asks to have
+    /// resent (NACK), if it belongs to the stream as it is now (not to one before a
+    /// rebase or reuse, and not past what was sent).
+    pub fn source_of(&self, out_seq: u16) -> Option<u16> {
+        if self.state != State::Forwarding || !self.started {
+            return None;
+        }
+        let source = out_seq.wrapping_add(self.seq_offset);
+        let sent = !seq_after(self.first_in_seq, source) && !seq_after(out_seq, self.last_out_seq);
+        sent.then_some(source)
+    }
+
+    /// The header fields a resent packet gets: those it would have had the first time.
+    /// Only meaningful for a number [`DownTrack::source_of`] accepted.
+    pub fn resend(&self, sequence_number: u16, timestamp: u32) -> Rewrite {
+        Rewrite {
+            ssrc: self.out_ssrc,
+            sequence_number: sequence_number.wrapping_sub(self.seq_offset),
+            timestamp: timestamp.wrapping_sub(self.ts_offset),
+        }
+    }
 }
 
-/// Video kept for a subscriber whose transport is still coming up, from the latest
-/// keyframe on, so that its first picture is on screen the moment DTLS completes instead of
-/// one publisher round trip later (the keyframe is requested when the subscriber's ICE
-/// connects, while the DTLS handshake still has round trips to go).
+/// The recent packets of one published video track, shared by all its subscribers.
 ///
-/// Packets are kept as they arrive and handed out in sequence order from the newest
-/// keyframe's first packet: a network that reorders delivers some of a keyframe's packets
-/// before its first one, and without them the keyframe could not be decoded (and the
-/// subscriber's NACKs for them could not be answered).
+/// One copy per published track (not per subscriber) serves three needs:
+/// - a subscriber whose transport comes up starts from the newest keyframe at once, instead
+///   of one publisher round trip later (the keyframe is requested when its ICE connects,
+///   while DTLS still has round trips to go);
+/// - a keyframe whose packets a reordering network delivered before its first one is sent
+///   whole to a subscriber that starts at it (without them it could not be decoded);
+/// - a subscriber's NACK is answered from here, also for packets it was never sent.
 ///
-/// Bounded: the oldest packets go first past `max_packets`.
+/// Indexed by sequence number in a power-of-two ring: a slot holds the packet whose number
+/// maps to it, so a lookup is one index and one comparison. Time is passed in.
 #[derive(Debug, Clone)]
-pub struct HeldVideo<P> {
-    /// (sequence number, starts a keyframe, packet), in arrival order.
-    packets: std::collections::VecDeque<(u16, bool, P)>,
-    max_packets: usize,
+pub struct PacketHistory<P> {
+    slots: Vec<Option<(u16, P)>>,
+    mask: u16,
+    newest: Option<u16>,
+    /// The newest keyframe's first packet and when it arrived.
+    keyframe: Option<(u16, Instant)>,
 }
 
-impl<P> HeldVideo<P> {
-    /// Holds at most `max_packets` (a keyframe and the frames after it).
-    pub fn new(max_packets: usize) -> Self {
+impl<P> PacketHistory<P> {
+    /// Keeps the last `capacity` sequence numbers (rounded up to a power of two, at most
+    /// 32768 so that "after" stays well-defined in the wrapping sequence space).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.clamp(1, 0x8000).next_power_of_two();
         Self {
-            packets: std::collections::VecDeque::new(),
-            max_packets,
+            slots: std::iter::repeat_with(|| None).take(capacity).collect(),
+            mask: (capacity - 1) as u16,
+            newest: None,
+            keyframe: None,
         }
     }
 
-    /// Offers one packet of the publisher's stream; `keyframe_start` says whether it begins
-    /// a keyframe.
-    pub fn push(&mut self, sequence_number: u16, packet: P, keyframe_start: bool) {
-        if self.packets.len() >= self.max_packets {
-            self.packets.pop_front();
+    fn capacity(&self) -> u16 {
+        self.mask.wrapping_add(1)
+    }
+
+    /// Whether `seq` is inside the window the ring still covers.
+    fn in_window(&self, seq: u16) -> bool {
+        self.newest
+            .is_some_and(|newest| newest.wrapping_sub(seq) < self.capacity())
+    }
+
+    /// Records one packet of the publisher's stream; `keyframe_start` says whether it
+    /// begins a keyframe. A packet older than the window is not kept.
+    pub fn insert(&mut self, seq: u16, packet: P, keyframe_start: bool, now: Instant) {
+        match self.newest {
+            Some(newest) if !seq_after(seq, newest) => {
+                if !self.in_window(seq) {
+                    return;
+                }
+            }
+            _ => self.newest = Some(seq),
         }
-        self.packets
-            .push_back((sequence_number, keyframe_start, packet));
+        self.slots[(seq & self.mask) as usize] = Some((seq, packet));
+        if keyframe_start
+            && self
+                .keyframe
+                .is_none_or(|(k, _)| seq_after(seq, k) || !self.in_window(k))
+        {
+            self.keyframe = Some((seq, now));
+        }
     }
 
-    /// Whether a decodable start (a keyframe) is held.
-    pub fn has_keyframe(&self) -> bool {
-        self.packets.iter().any(|(_, key, _)| *key)
+    /// The packet with this sequence number, if it is still kept.
+    pub fn get(&self, seq: u16) -> Option<&P> {
+        match &self.slots[(seq & self.mask) as usize] {
+            Some((s, p)) if *s == seq && self.in_window(seq) => Some(p),
+            _ => None,
+        }
     }
 
-    /// Takes what is held from the newest keyframe on, in sequence order; what came
-    /// before that keyframe is dropped.
-    pub fn take(&mut self) -> Vec<P> {
-        let packets = std::mem::take(&mut self.packets);
-        let Some(start) = packets
-            .iter()
-            .rev()
-            .find(|(_, key, _)| *key)
-            .map(|(seq, _, _)| *seq)
-        else {
-            return Vec::new();
+    /// The first packet of the newest keyframe, if it arrived at or after `since` and all
+    /// of it may still be kept.
+    pub fn keyframe_since(&self, since: Instant) -> Option<u16> {
+        let (seq, at) = self.keyframe?;
+        (at >= since && self.in_window(seq)).then_some(seq)
+    }
+
+    /// The packets kept after `seq` (exclusive), in sequence order; gaps are skipped.
+    pub fn after(&self, seq: u16) -> impl Iterator<Item = &P> {
+        let count = match self.newest {
+            Some(newest) if seq_after(newest, seq) => newest.wrapping_sub(seq),
+            _ => 0,
         };
-        let mut from_start: Vec<(u16, P)> = packets
-            .into_iter()
-            .map(|(seq, _, p)| (seq.wrapping_sub(start), p))
-            .filter(|(distance, _)| *distance < 0x8000)
-            .collect();
-        from_start.sort_by_key(|(distance, _)| *distance);
-        from_start.into_iter().map(|(_, p)| p).collect()
+        (1..=count).filter_map(move |i| self.get(seq.wrapping_add(i)))
     }
 }
 
@@ -322,37 +370,92 @@ mod tests {
     }
 
     #[test]
-    fn held_video_starts_at_the_latest_keyframe_and_is_bounded() {
-        let mut h = HeldVideo::new(4);
-        h.push(1, 1, false);
-        assert!(!h.has_keyframe(), "a delta frame alone is useless");
-        h.push(2, 2, true);
-        h.push(3, 3, false);
-        h.push(4, 4, true);
-        h.push(5, 5, false);
-        assert_eq!(h.take(), vec![4, 5], "only from the newest keyframe");
-        assert!(!h.has_keyframe());
-        for p in [10, 11, 12, 13, 14] {
-            h.push(p, p, p == 10);
+    fn history_finds_packets_by_number_within_its_window() {
+        let t = Instant::now();
+        let mut h = PacketHistory::new(4);
+        for seq in [65534u16, 65535, 0, 1] {
+            h.insert(seq, seq, false, t);
         }
-        assert!(
-            !h.has_keyframe(),
-            "over the bound the oldest go: wait for a fresh one"
-        );
-        assert!(h.take().is_empty());
+        assert_eq!(h.get(65534), Some(&65534), "across the wrap");
+        h.insert(2, 2, false, t);
+        assert_eq!(h.get(65534), None, "pushed out of the window");
+        assert_eq!(h.get(2), Some(&2));
+        // A straggler older than the window is not kept and evicts nothing.
+        h.insert(65530, 65530, false, t);
+        assert_eq!(h.get(65530), None);
+        assert_eq!(h.get(2), Some(&2));
+        assert_eq!(h.get(3), None, "never seen");
     }
 
     #[test]
-    fn held_video_puts_a_reordered_keyframe_back_in_sequence() {
-        let mut h = HeldVideo::new(16);
-        // A delta frame's packet from before the keyframe, then the keyframe's packets
-        // out of order (its 3rd and 2nd arrive before its 1st), across the wrap.
-        h.push(65533, "old", false);
-        h.push(0, "k3", false);
-        h.push(65535, "k2", false);
-        h.push(65534, "k1", true);
-        h.push(1, "d1", false);
-        assert_eq!(h.take(), vec!["k1", "k2", "k3", "d1"]);
+    fn history_replays_a_reordered_keyframe_in_sequence() {
+        let t = Instant::now();
+        let mut h = PacketHistory::new(16);
+        // A delta frame's packet, then the keyframe's packets out of order (its 3rd and 2nd
+        // arrive before its 1st), across the wrap.
+        h.insert(65533, "old", false, t);
+        h.insert(0, "k3", false, t);
+        h.insert(65535, "k2", false, t);
+        h.insert(65534, "k1", true, t);
+        h.insert(1, "d1", false, t);
+        let start = h.keyframe_since(t).expect("a keyframe is kept");
+        assert_eq!(start, 65534);
+        assert_eq!(h.get(start), Some(&"k1"));
+        assert_eq!(
+            h.after(start).copied().collect::<Vec<_>>(),
+            vec!["k2", "k3", "d1"]
+        );
+        assert_eq!(h.after(1).count(), 0, "nothing after the newest");
+    }
+
+    #[test]
+    fn history_offers_only_a_fresh_keyframe() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_millis(300);
+        let mut h = PacketHistory::new(8);
+        h.insert(10, (), true, t0);
+        assert_eq!(h.keyframe_since(t0), Some(10));
+        assert_eq!(
+            h.keyframe_since(later),
+            None,
+            "too old to start a joiner from"
+        );
+        h.insert(11, (), false, later);
+        // An older keyframe start (a reordered one) does not replace the newest.
+        h.insert(9, (), true, later);
+        assert_eq!(h.keyframe_since(t0), Some(10));
+        for seq in 12..=18 {
+            h.insert(seq, (), false, later);
+        }
+        assert_eq!(
+            h.keyframe_since(t0),
+            None,
+            "its first packet left the window"
+        );
+    }
+
+    #[test]
+    fn a_nack_maps_back_to_the_publishers_packet_only_within_the_current_stream() {
+        let mut d = DownTrack::new(MediaKind::Video(VideoCodec::Vp8), 5);
+        d.negotiated();
+        assert_eq!(d.source_of(1), None, "nothing sent yet");
+        let k = d.forward(1000, 90_000, || true).unwrap();
+        let n = d.forward(1001, 93_000, || false).unwrap();
+        assert_eq!(d.source_of(k.sequence_number), Some(1000));
+        assert_eq!(d.source_of(n.sequence_number), Some(1001));
+        assert_eq!(d.resend(1001, 93_000), n, "resent exactly as first sent");
+        assert_eq!(
+            d.source_of(k.sequence_number.wrapping_sub(1)),
+            None,
+            "before the start"
+        );
+        assert_eq!(
+            d.source_of(n.sequence_number.wrapping_add(1)),
+            None,
+            "not sent yet"
+        );
+        d.rebase();
+        assert_eq!(d.source_of(n.sequence_number), None, "another source now");
     }
 
     #[test]

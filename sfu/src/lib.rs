@@ -14,6 +14,7 @@ pub mod config;
 pub mod demux;
 pub mod engine;
 pub mod error;
+pub mod feedback;
 pub mod forwarding;
 pub mod metrics;
 

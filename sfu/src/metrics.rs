@@ -13,6 +13,10 @@ pub struct SfuMetrics {
     pub dropped_packets: IntCounterVec,
     pub rtcp_feedback: IntCounterVec,
     pub keyframe_requests: IntCounter,
+    /// Packets resent to subscribers on their NACK, from the track's history.
+    pub resent: IntCounter,
+    /// NACKed packets that could not be resent (too old, or never received).
+    pub resent_missing: IntCounter,
     pub data_channel_messages: IntCounterVec,
     /// The per-packet counters, resolved once: a label lookup hashes on every call.
     pub fast: FastCounters,
@@ -62,6 +66,13 @@ impl SfuMetrics {
             dropped_socket_full: drop("socket_full"),
             dropped_send_error: drop("send_error"),
         };
+        let retransmissions = IntCounterVec::new(
+            Opts::new(
+                "consilium_nack_retransmissions_total",
+                "Packets subscribers asked to have resent (NACK), by outcome",
+            ),
+            &["outcome"],
+        )?;
         let m = Self {
             fast,
             peers: IntGauge::new("consilium_media_peers", "Media peer connections")?,
@@ -93,6 +104,8 @@ impl SfuMetrics {
                 "consilium_keyframe_requests_total",
                 "PLIs sent to publishers",
             )?,
+            resent: retransmissions.with_label_values(&["sent"]),
+            resent_missing: retransmissions.with_label_values(&["not_in_history"]),
             data_channel_messages: IntCounterVec::new(
                 Opts::new(
                     "consilium_data_channel_messages_total",
@@ -109,6 +122,7 @@ impl SfuMetrics {
         registry.register(Box::new(m.dropped_packets.clone()))?;
         registry.register(Box::new(m.rtcp_feedback.clone()))?;
         registry.register(Box::new(m.keyframe_requests.clone()))?;
+        registry.register(Box::new(retransmissions))?;
         registry.register(Box::new(m.data_channel_messages.clone()))?;
         Ok(m)
     }

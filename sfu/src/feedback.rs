@@ -1,0 +1,70 @@
+//! Lets a subscriber's keyframe requests and NACKs through to the engine.
+//!
+//! `rtc` 0.21 ends the inbound RTCP path at the end of its interceptor chain: only packets an
+//! interceptor marks [`Attribute::DeliverToApplication`] reach the application. An SFU must
+//! act on a subscriber's PLI/FIR (ask the publisher for a keyframe) and NACK (resend from the
+//! track's history), so this interceptor marks exactly those and leaves the reports the
+//! chain itself consumes alone.
+
+use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::sansio::Protocol;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Marks inbound RTCP that carries PLI, FIR or NACK for delivery to the application.
+#[derive(Default)]
+pub struct FeedbackForApplication {
+    read_queue: VecDeque<TaggedPacket>,
+    write_queue: VecDeque<TaggedPacket>,
+}
+
+/// Whether a compound RTCP packet holds feedback the engine acts on.
+fn wanted(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
+    packets.iter().any(|p| {
+        let any = p.as_any();
+        any.is::<PictureLossIndication>()
+            || any.is::<FullIntraRequest>()
+            || any.is::<TransportLayerNack>()
+    })
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackForApplication {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            if wanted(packets) {
+                msg.message.add(Attribute::DeliverToApplication);
+            }
+        }
+        self.read_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read_queue.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write_queue.pop_front()
+    }
+}
+
+impl Interceptor for FeedbackForApplication {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
