@@ -441,6 +441,15 @@ fn frame_numbers(list: &str) -> Result<Vec<u32>, ApiError> {
     Ok(nums)
 }
 
+/// A decoded frame held by the pixel cache, as a response body's owner.
+struct CachedFrame(super::FrameRef);
+
+impl AsRef<[u8]> for CachedFrame {
+    fn as_ref(&self) -> &[u8] {
+        self.0.bytes()
+    }
+}
+
 /// WADO-RS: `GET .../instances/{sop}/frames/{n}`: decoded frame(s) as little-endian stored
 /// values. One frame: `application/octet-stream`; several (`1,2,3`): multipart/related.
 async fn retrieve_frames(
@@ -452,6 +461,23 @@ async fn retrieve_frames(
     let who = caller(&state, &headers, &q)?;
     let wanted = frame_numbers(&list)?;
     let row = one_instance(&state, &who, study, series, sop).await?;
+    // The stored file's hash names its content: a replaced instance gets a new tag, so a
+    // browser revalidating a frame it holds (reload, second tab) gets a 304 without the
+    // server decoding or sending it again.
+    let etag = format!("\"{}-{}\"", &row.sha256[..row.sha256.len().min(32)], list);
+    let etag =
+        HeaderValue::from_str(&etag).map_err(|_| ApiError::BadRequest("frame list".into()))?;
+    let cache = HeaderValue::from_static("private, no-cache");
+    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii() == etag.as_bytes())
+    }) {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        resp.headers_mut().insert(header::ETAG, etag);
+        resp.headers_mut().insert(header::CACHE_CONTROL, cache);
+        return Ok(resp);
+    }
     let store = state.studies.clone();
     let parts = blocking(move || {
         wanted
@@ -460,13 +486,19 @@ async fn retrieve_frames(
             .collect::<Result<Vec<_>, _>>()
     })
     .await?;
-    let parts: Vec<&[u8]> = parts.iter().map(|f| f.bytes()).collect();
-    if let [one] = parts.as_slice() {
-        let mut resp = one.to_vec().into_response();
+    if parts.len() == 1 {
+        // The body borrows the cached decoded pixels: no 512 KiB copy per CT slice, and 20
+        // viewers scrolling the same series share one buffer.
+        let one = parts.into_iter().next().expect("one frame");
+        let body = Body::from(bytes::Bytes::from_owner(CachedFrame(one)));
+        let mut resp = body.into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(FRAME_TYPE));
+        resp.headers_mut().insert(header::ETAG, etag);
+        resp.headers_mut().insert(header::CACHE_CONTROL, cache);
         return Ok(resp);
     }
+    let parts: Vec<&[u8]> = parts.iter().map(|f| f.bytes()).collect();
     let boundary = "consilium-frame-boundary-7d1e";
     let mut body = Vec::new();
     for p in parts {
@@ -478,5 +510,17 @@ async fn retrieve_frames(
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     let ct = format!("multipart/related; type=\"application/octet-stream\"; boundary={boundary}");
-    Ok(([(header::CONTENT_TYPE, ct)], body).into_response())
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(&ct)
+                    .map_err(|_| ApiError::BadRequest("frame list".into()))?,
+            ),
+            (header::ETAG, etag),
+            (header::CACHE_CONTROL, cache),
+        ],
+        body,
+    )
+        .into_response())
 }

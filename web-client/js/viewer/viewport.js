@@ -26,6 +26,8 @@ export class Viewport {
     this.state = emptyViewportState();
     /** @type {import('./series.js').Series | null} */
     this.series = null;
+    /** Slice whose pixels are on the canvas now (null: none of this series yet). */
+    this.paintedSlice = null;
     this.pointer = null; // {x, y} in image pixels: the presenter's laser dot
     this.cursor = null; // {x, y} in image pixels under the local mouse
     this._lut = new LutCache();
@@ -98,6 +100,7 @@ export class Viewport {
       this.series = series;
       this._rendered = '';
       this.imageData = null;
+      this.paintedSlice = null;
       this._offSeries = series
         ? (() => {
             const offs = [
@@ -320,6 +323,7 @@ export class Viewport {
       return;
     }
     if (!f) {
+      this.paintedSlice = null;
       this.statusEl.textContent = s.failed[this.state.slice] ? 'Slice could not be loaded' : 'Loading…';
       return;
     }
@@ -349,6 +353,10 @@ export class Viewport {
     ctx.setTransform(k, 0, 0, k, x0, y0);
     ctx.drawImage(this.offscreen, 0, 0);
     ctx.setTransform(1, 0, 0, 1, 0, 0);
+    this.el.dataset.painted = String(this.state.slice);
+    this.paintedSlice = this.state.slice;
+    // The viewer's timing marks (first slice on screen) hang on this.
+    this.viewer.emit?.('painted', this);
   }
 
   _drawOverlay() {
