@@ -279,8 +279,13 @@ impl Sfu {
                 res = engine.socket.recv_from(&mut buf) => match res {
                     Ok((n, from)) => {
                         engine.datagram(from, &buf[..n]);
-                        // Drain what else is queued before going back to select.
+                        // Drain what else is queued before going back to select, sending
+                        // each datagram's output before reading the next: queued output
+                        // piles up in every subscriber's `rtc` handler queues, whose
+                        // capacity never shrinks (a 65-datagram batch cost ~1 MiB per
+                        // participant in a 14-person board).
                         for _ in 0..64 {
+                            engine.flush();
                             match engine.socket.try_recv_from(&mut buf) {
                                 Ok((n, from)) => engine.datagram(from, &buf[..n]),
                                 Err(_) => break,
@@ -337,10 +342,11 @@ struct IdleSender {
     down: DownTrack,
 }
 
-/// Packets of history kept per published video track: a 1080p keyframe and about a second
-/// of frames after it at screen-share rates, and a NACK's worth of round trips at camera
-/// rates.
-const VIDEO_HISTORY_PACKETS: usize = 512;
+/// Packets of history kept per published video track: a 1080p screen-share keyframe and the
+/// frames after it, and about 2.5 s of a 1 Mbit/s camera (NACKs come within a few round
+/// trips). Each kept packet holds its decrypted datagram (~1.5 KiB with allocator overhead):
+/// 512 cost ~1 MiB per published camera.
+const VIDEO_HISTORY_PACKETS: usize = 256;
 
 /// How old the newest keyframe may be for a subscriber whose transport just came up to
 /// start from it (it is asked for when the subscriber's ICE connects, so it normally
