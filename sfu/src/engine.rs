@@ -342,6 +342,10 @@ struct IdleSender {
     down: DownTrack,
 }
 
+/// DTLS datagrams kept per peer from before its ICE connected: a ClientHello (two datagrams
+/// when it carries a post-quantum key share) and a retransmission of it.
+const MAX_EARLY_DTLS: usize = 4;
+
 /// Packets of history kept per published video track: a 1080p screen-share keyframe and the
 /// frames after it, and about 2.5 s of a 1 Mbit/s camera (NACKs come within a few round
 /// trips). Each kept packet holds its decrypted datagram (~1.5 KiB with allocator overhead):
@@ -394,6 +398,8 @@ struct MediaPeer {
     milestones: u8,
     /// When the last datagram from this peer arrived.
     last_heard: Instant,
+    /// DTLS datagrams that arrived before ICE connected (see [`Engine::datagram`]).
+    early_dtls: Vec<(SocketAddr, BytesMut)>,
 }
 
 impl MediaPeer {
@@ -632,6 +638,7 @@ impl Engine {
                 track_counter: 0,
                 milestones: 0,
                 last_heard: now,
+                early_dtls: Vec::new(),
             },
         );
         self.metrics.peers.inc();
@@ -899,6 +906,29 @@ impl Engine {
             return;
         };
         peer.last_heard = now;
+        // A browser sends its ClientHello the moment its first connectivity check succeeds,
+        // before the check that nominates the pair reaches us; our ICE-lite agent is not
+        // connected yet and `rtc` drops it, and the browser resends only after its DTLS
+        // timer (measured: 225 ms at 100 ms RTT). Keep it and hand it over once ICE is up.
+        let is_dtls = data.first().is_some_and(|b| (20..=63).contains(b));
+        if is_dtls && peer.milestones & Milestone::IceConnected.bit() == 0 {
+            if peer.early_dtls.len() < MAX_EARLY_DTLS {
+                peer.early_dtls.push((from, BytesMut::from(data)));
+            }
+            return;
+        }
+        if !self.read(key, from, BytesMut::from(data), now) {
+            return;
+        }
+        self.pump(key, now);
+        self.replay_early_dtls(key, now);
+    }
+
+    /// Feeds one datagram to a peer's connection. Returns false if the peer was removed.
+    fn read(&mut self, key: PeerKey, from: SocketAddr, message: BytesMut, now: Instant) -> bool {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return false;
+        };
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -907,13 +937,34 @@ impl Engine {
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,
             },
-            message: BytesMut::from(data),
+            message,
         };
         match guarded("handle_read", || peer.pc.handle_read(msg)) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::trace!(peer = %peer.id, error = %e, "datagram refused"),
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::trace!(peer = %peer.id, error = %e, "datagram refused");
+                true
+            }
             Err(_) => {
                 self.remove(key, Some("webrtc failure"));
+                false
+            }
+        }
+    }
+
+    /// Hands a peer the DTLS datagrams kept from before its ICE connected, once it has.
+    fn replay_early_dtls(&mut self, key: PeerKey, now: Instant) {
+        let early = match self.peers.get_mut(&key) {
+            Some(peer)
+                if peer.milestones & Milestone::IceConnected.bit() != 0
+                    && !peer.early_dtls.is_empty() =>
+            {
+                std::mem::take(&mut peer.early_dtls)
+            }
+            _ => return,
+        };
+        for (from, datagram) in early {
+            if !self.read(key, from, datagram, now) {
                 return;
             }
         }
