@@ -249,12 +249,16 @@ async fn annotations_export_as_json_and_gsps() {
             json!([[50.0, 50.0], [80.0, 90.0]]),
             Value::Null,
         ),
-        ann(
-            "ellipse",
-            &sop_b,
-            json!([[20.0, 30.0], [120.0, 70.0]]),
-            Value::Null,
-        ),
+        {
+            let mut e = ann(
+                "ellipse",
+                &sop_b,
+                json!([[20.0, 30.0], [120.0, 70.0]]),
+                Value::Null,
+            );
+            e["window"] = json!({"ww": 1500.0, "wc": -600.0});
+            e
+        },
         ann(
             "freehand",
             &sop_b,
@@ -275,6 +279,21 @@ async fn annotations_export_as_json_and_gsps() {
         next_annotation(&mut ana).await;
     }
 
+    // A window that cannot be shown is refused, not stored.
+    let mut bad = drawn[0].clone();
+    bad["window"] = json!({"ww": -1.0, "wc": 40.0});
+    ana.send_data(&json!({"type": "annotate", "op": "add", "ref": "bad", "annotation": bad}));
+    let got = ana
+        .wait_for(
+            Duration::from_secs(15),
+            |e| matches!(e, Event::Data(v) if v["type"] == "error" || v["type"] == "annotation"),
+        )
+        .await;
+    match got {
+        Some(Event::Data(v)) => assert_eq!(v["code"], "bad_message", "{v}"),
+        other => panic!("no refusal: {other:?}"),
+    }
+
     // JSON export: every annotation with its author, versioned, as a download.
     let exported = get(&server, &format!("/dicomweb/studies/{study}/annotations")).await;
     assert_eq!(exported.status, 200);
@@ -290,6 +309,12 @@ async fn annotations_export_as_json_and_gsps() {
     assert_eq!(list.len(), 5);
     assert!(list.iter().all(|a| a["author_name"] == "Dr Ana"));
     assert_eq!(list[0]["stats"]["lengthMm"], 42.5);
+    let ellipse = list.iter().find(|a| a["kind"] == "ellipse").unwrap();
+    assert_eq!(
+        ellipse["window"],
+        json!({"ww": 1500.0, "wc": -600.0}),
+        "{j}"
+    );
 
     // GSPS: one per annotated series, stored into the study.
     let made = request(
@@ -459,20 +484,46 @@ async fn annotations_export_as_json_and_gsps() {
             }));
         }
     }
+    // Image A is shown with its own window (40/400, the phantom's); image B with the
+    // window the ellipse was drawn in.
     let voi = obj
         .element(tags::SOFTCOPY_VOILUT_SEQUENCE)
         .unwrap()
         .items()
         .unwrap();
-    let img_wc = instances[10]["00281050"]["Value"][0].as_f64();
-    let wc: f64 = voi[0]
-        .element(tags::WINDOW_CENTER)
-        .unwrap()
-        .to_float64()
-        .unwrap();
-    if let Some(img_wc) = img_wc {
-        assert_eq!(wc, img_wc);
-    }
+    let window_of = |sop: &str| -> (f64, f64) {
+        let item = voi
+            .iter()
+            .find(|v| {
+                v.element(tags::REFERENCED_IMAGE_SEQUENCE)
+                    .unwrap()
+                    .items()
+                    .unwrap()
+                    .iter()
+                    .any(|r| {
+                        r.element(tags::REFERENCED_SOP_INSTANCE_UID)
+                            .unwrap()
+                            .to_str()
+                            .unwrap()
+                            .trim_end_matches('\0')
+                            == sop
+                    })
+            })
+            .expect("a VOI item for every annotated image");
+        (
+            item.element(tags::WINDOW_CENTER)
+                .unwrap()
+                .to_float64()
+                .unwrap(),
+            item.element(tags::WINDOW_WIDTH)
+                .unwrap()
+                .to_float64()
+                .unwrap(),
+        )
+    };
+    assert_eq!(voi.len(), 2);
+    assert_eq!(window_of(&sop_a), (40.0, 400.0));
+    assert_eq!(window_of(&sop_b), (-600.0, 1500.0));
 
     // QIDO lists it as a PR series of the same study; a re-export adds instance 2 to it.
     let series = get(&server, &format!("/dicomweb/studies/{study}/series"))

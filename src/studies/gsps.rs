@@ -70,7 +70,16 @@ fn ds(v: f64) -> String {
 /// The window an image is shown with: the latest annotation on it that carries one, else
 /// the room's viewer window, else the image's own, else its full stored range.
 fn window_of(img: &InstanceRecord, anns: &[&Annotation], viewer: Option<Window>) -> Window {
-    let _ = anns;
+    if let Some(w) = anns
+        .iter()
+        .filter_map(|a| a.window.map(|w| (a.updated_ms, w)))
+        .max_by_key(|(t, _)| *t)
+    {
+        return Window {
+            center: w.1.wc,
+            width: w.1.ww,
+        };
+    }
     if let Some(w) = viewer {
         return w;
     }
