@@ -152,6 +152,16 @@ impl Collaboration {
     }
 
     /// Writes every viewer state still waiting; called at shutdown.
+    /// A room's annotations and last viewer state as stored. Annotations are on disk before
+    /// anyone sees them, so this is what participants see; the viewer state is flushed first.
+    pub async fn snapshot(
+        &self,
+        room: &str,
+    ) -> Result<consilium_signaling::collab::StoredRoom, crate::collab_store::StoreError> {
+        let _ = self.store.flush().await;
+        self.store.load(room).await
+    }
+
     pub async fn flush(&self) {
         if let Err(e) = self.store.flush().await {
             tracing::warn!(error = %e, "flushing viewer states failed");

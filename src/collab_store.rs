@@ -376,6 +376,7 @@ mod tests {
             color: "#00ff00".into(),
             stats: None,
             author: "p-1".into(),
+            window: None,
             author_name: "Dr A".into(),
             created_ms: 1,
             updated_ms: 1,

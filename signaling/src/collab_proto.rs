@@ -278,10 +278,37 @@ pub struct Annotation {
     pub text: Option<String>,
     pub color: String,
     pub stats: Option<Map<String, Value>>,
+    /// The window/level the image was shown with when drawn or last edited, so an export
+    /// (GSPS) presents the image as the annotator saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<AnnotationWindow>,
     pub author: ParticipantId,
     pub author_name: String,
     pub created_ms: u64,
     pub updated_ms: u64,
+}
+
+/// Window width and centre (rescaled values) of the viewport an annotation was drawn in.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AnnotationWindow {
+    pub ww: f64,
+    pub wc: f64,
+}
+
+fn window(w: Option<AnnotationWindow>) -> Result<Option<AnnotationWindow>, CollabError> {
+    match w {
+        Some(w)
+            if !(w.ww.is_finite() && w.wc.is_finite())
+                || w.ww <= 0.0
+                || w.ww.abs() > 1e6
+                || w.wc.abs() > 1e6 =>
+        {
+            Err(CollabError::bad(
+                "window: ww and wc are finite, ww > 0, both at most 1e6 in magnitude",
+            ))
+        }
+        other => Ok(other),
+    }
 }
 
 /// The drawn part of an annotation, as a client sends it in `add` (the server adds the id,
@@ -300,6 +327,8 @@ struct AnnotationInput {
     color: String,
     #[serde(default)]
     stats: Option<Map<String, Value>>,
+    #[serde(default)]
+    window: Option<AnnotationWindow>,
 }
 
 fn first_frame() -> u32 {
@@ -318,6 +347,8 @@ struct AnnotationPatch {
     color: Option<String>,
     #[serde(default, deserialize_with = "present")]
     stats: Option<Option<Map<String, Value>>>,
+    #[serde(default)]
+    window: Option<AnnotationWindow>,
 }
 
 /// Tells a field given as `null` (Some(None)) from an absent one (None).
@@ -355,6 +386,7 @@ pub fn new_annotation(input: Value, who: Authorship<'_>) -> Result<Annotation, C
         text: text(input.kind, input.text)?,
         color: color(&input.color)?,
         stats: stats(input.stats)?,
+        window: window(input.window)?,
         author: who.author.clone(),
         author_name: who.author_name.to_owned(),
         created_ms: who.now_ms,
@@ -388,6 +420,9 @@ pub fn updated_annotation(
     }
     if let Some(s) = patch.stats {
         new.stats = stats(s)?;
+    }
+    if let Some(w) = patch.window {
+        new.window = window(Some(w))?;
     }
     new.updated_ms = now_ms.max(old.created_ms);
     check_size(&new)?;

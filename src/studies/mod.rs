@@ -6,6 +6,8 @@
 //! room it was uploaded to; QIDO-RS and WADO-RS only show a room its own studies. Frames are
 //! decoded on demand and kept in a bounded LRU. See docs/dicomweb.md for the HTTP interface.
 
+pub mod export;
+pub mod gsps;
 pub mod index;
 pub mod json;
 pub mod parse;

@@ -46,6 +46,7 @@ pub fn router() -> Router<AppState> {
             "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}",
             get(retrieve_frames),
         )
+        .merge(super::export::router())
         // Bodies are streamed to disk and limited by the store itself.
         .layer(DefaultBodyLimit::disable())
 }
@@ -63,6 +64,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Stow(#[from] StowError),
     #[error(transparent)]
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Stow(e) => match e {
                 StowError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 StowError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -113,7 +117,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Runs blocking store work (SQLite, file I/O, decoding) off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -123,12 +127,12 @@ async fn blocking<T: Send + 'static>(
 
 /// Who is asking: in open demo mode, anybody; with auth on, the holder of a valid token
 /// for one room.
-enum Caller {
+pub(super) enum Caller {
     Open,
     Member { room: String, role: Role },
 }
 
-fn caller(
+pub(super) fn caller(
     state: &AppState,
     headers: &HeaderMap,
     q: &HashMap<String, String>,
@@ -158,7 +162,7 @@ fn caller(
 }
 
 impl Caller {
-    fn may_read(&self, room: &str) -> Result<(), ApiError> {
+    pub(super) fn may_read(&self, room: &str) -> Result<(), ApiError> {
         match self {
             Caller::Open => Ok(()),
             Caller::Member { room: mine, .. } if mine == room => Ok(()),
@@ -182,7 +186,7 @@ impl Caller {
 }
 
 /// Base of RetrieveURLs in responses, from the Host the client used.
-fn base_url(headers: &HeaderMap) -> String {
+pub(super) fn base_url(headers: &HeaderMap) -> String {
     match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
         Some(host) if !host.contains(['/', ' ', '"']) => format!("http://{host}/dicomweb"),
         _ => "/dicomweb".to_owned(),

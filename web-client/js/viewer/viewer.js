@@ -244,6 +244,8 @@ export class Viewer extends Emitter {
       head.children[2].textContent = tagValue(st.ds, '00081030', '') || '';
       box.append(head);
       for (const se of st.series) {
+        // Presentation states (the annotation export) have no pixels to show.
+        if (tagValue(se.ds, '00080060', '') === 'PR') continue;
         const b = document.createElement('button');
         b.type = 'button';
         b.className = 'vw-thumb';
