@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+
 use consilium::{Config, Server};
 use futures_util::{SinkExt, StreamExt};
 use rtc::data_channel::RTCDataChannelInit;
