@@ -378,6 +378,7 @@ mod tests {
             author: "p-1".into(),
             window: None,
             author_name: "Dr A".into(),
+            author_key: "name:Dr A".into(),
             created_ms: 1,
             updated_ms: 1,
         }

@@ -24,26 +24,33 @@ enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
     /// Print a join link with a signed invitation token.
-    Invite {
-        #[arg(long)]
-        room: String,
-        #[arg(long)]
-        name: String,
-        #[arg(long, default_value = "participant")]
-        role: Role,
-        /// How long the link is valid, in hours.
-        #[arg(long, default_value_t = 24)]
-        hours: u64,
-        /// The server's address as participants reach it.
-        #[arg(
-            long,
-            env = "CONSILIUM_PUBLIC_URL",
-            default_value = "http://127.0.0.1:8080"
-        )]
-        base_url: String,
-        #[arg(long, env = "CONSILIUM_JWT_SECRET", hide_env_values = true)]
-        jwt_secret: Option<String>,
-    },
+    Invite(InviteArgs),
+}
+
+#[derive(clap::Args)]
+struct InviteArgs {
+    #[arg(long)]
+    room: String,
+    #[arg(long)]
+    name: String,
+    #[arg(long, default_value = "participant")]
+    role: Role,
+    /// The hospital's id for the person (the token's `sub`): with it, they remain the author
+    /// of their annotations on every join, whatever display name a later link carries.
+    #[arg(long)]
+    user_id: Option<String>,
+    /// How long the link is valid, in hours.
+    #[arg(long, default_value_t = 24)]
+    hours: u64,
+    /// The server's address as participants reach it.
+    #[arg(
+        long,
+        env = "CONSILIUM_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    base_url: String,
+    #[arg(long, env = "CONSILIUM_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
 }
 
 #[tokio::main]
@@ -57,36 +64,38 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Invite {
-            room,
-            name,
-            role,
-            hours,
-            base_url,
-            jwt_secret,
-        }) => invite(&room, &name, role, hours, &base_url, jwt_secret),
+        Some(Command::Invite(args)) => invite(args),
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(cli.serve).await,
     }
 }
 
-fn invite(
-    room: &str,
-    name: &str,
-    role: Role,
-    hours: u64,
-    base_url: &str,
-    secret: Option<String>,
-) -> anyhow::Result<()> {
-    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+fn invite(args: InviteArgs) -> anyhow::Result<()> {
+    let InviteArgs {
+        room,
+        name,
+        role,
+        user_id,
+        hours,
+        base_url,
+        jwt_secret,
+    } = args;
+    let room = room.as_str();
+    let Some(secret) = jwt_secret.filter(|s| !s.is_empty()) else {
         bail!("an invitation needs the server's secret: --jwt-secret or CONSILIUM_JWT_SECRET");
     };
     validate::room_name(room).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let name = validate::display_name(name).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let token = TokenAuthority::new(secret.as_bytes()).issue(
+    let name = validate::display_name(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(id) = &user_id
+        && (id.is_empty() || id.len() > 128 || id.chars().any(char::is_control))
+    {
+        bail!("--user-id is 1-128 characters without control characters");
+    }
+    let token = TokenAuthority::new(secret.as_bytes()).issue_for(
         room,
         &name,
         role,
+        user_id.as_deref(),
         Duration::from_secs(hours * 3600),
     );
     println!(

@@ -12,7 +12,7 @@ use consilium_sfu::{ConnectionState, IceCandidateInit, JoinRequest, PeerEvent, S
 use consilium_signaling::collab::{Collaborator, collab_type};
 use consilium_signaling::protocol::{IceCandidate, MAX_FRAME_BYTES, MediaConnectionState};
 use consilium_signaling::{
-    ClientMessage, PROTOCOL_VERSION, ParticipantId, Role, ServerMessage, SignalingError, validate,
+    ClientMessage, PROTOCOL_VERSION, ParticipantId, ServerMessage, SignalingError, validate,
 };
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
@@ -344,15 +344,16 @@ impl Session {
         }
         validate::room_name(&room)?;
         let name = validate::display_name(&name)?;
-        let role: Option<Role> = match &self.state.auth {
+        let claims = match &self.state.auth {
             Some(auth) => {
                 let token = token.ok_or_else(|| {
                     SignalingError::Unauthorized("this server needs an invitation token".into())
                 })?;
-                Some(auth.verify(&token, &room, &name)?.role)
+                Some(auth.verify(&token, &room, &name)?)
             }
             None => None,
         };
+        let role = claims.as_ref().map(|c| c.role);
         let admission = self
             .state
             .rooms
@@ -396,10 +397,14 @@ impl Session {
         self.state.rooms.announce(&room, &admission.id);
         self.joined = Some(Joined {
             room,
-            collaborator: Collaborator {
-                id: admission.id.clone(),
-                role: admission.role,
-                name,
+            collaborator: match &claims {
+                Some(claims) => Collaborator {
+                    id: admission.id.clone(),
+                    role: admission.role,
+                    name,
+                    key: claims.author_key(),
+                },
+                None => Collaborator::unsigned(admission.id.clone(), admission.role, name),
             },
             id: admission.id,
         });

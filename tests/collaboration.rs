@@ -464,3 +464,92 @@ async fn presenter_hand_over_and_a_snapshot_in_parts() {
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Authorship follows the person (the token's `sub`), not the participant id of one join:
+/// after leaving, a server restart and a new link under another display name, a specialist
+/// still edits and deletes what they drew; someone else's token for the same name does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authors_keep_their_annotations_across_joins_and_restarts() {
+    use consilium_signaling::{Role, TokenAuthority};
+    const SECRET: &str = "collab-test-secret";
+    let auth = TokenAuthority::new(SECRET.as_bytes());
+    let ttl = Duration::from_secs(600);
+    let dir = fresh_dir();
+    let start = |dir: PathBuf| async move {
+        consilium::start(Config {
+            data_dir: dir,
+            jwt_secret: Some(SECRET.into()),
+            ..Config::for_tests()
+        })
+        .await
+        .expect("server starts")
+    };
+    let join_as = |server: &Server, name: &str, token: String| {
+        let mut config =
+            ParticipantConfig::new(&format!("ws://{}/ws", server.http_addr), "board", name);
+        config.publish_audio = false;
+        config.publish_video = false;
+        config.token = Some(token);
+        let name = name.to_owned();
+        async move {
+            Participant::join(config)
+                .await
+                .unwrap_or_else(|e| panic!("{name} joins: {e}"))
+        }
+    };
+
+    let server = start(dir.clone()).await;
+    let token = auth.issue_for("board", "Dr Ana", Role::Participant, Some("u-ana"), ttl);
+    let mut ana = join_as(&server, "Dr Ana", token).await;
+    let s = snapshot(&mut ana).await;
+    assert_eq!(s["author_key"], "sub:u-ana", "{s}");
+    ana.send_data(&json!({"type": "annotate", "op": "add", "ref": "k1", "annotation": arrow(5.0)}));
+    let added = next_of(&mut ana, "annotation").await;
+    assert_eq!(added["annotation"]["author_key"], "sub:u-ana", "{added}");
+    let id = added["id"].as_str().expect("id").to_owned();
+    ana.leave().await;
+    server.shutdown().await;
+
+    let server = start(dir.clone()).await;
+    let token = auth.issue_for(
+        "board",
+        "Dr Ana Smith",
+        Role::Participant,
+        Some("u-ana"),
+        ttl,
+    );
+    let mut ana = join_as(&server, "Dr Ana Smith", token).await;
+    let s = snapshot(&mut ana).await;
+    assert_eq!(s["author_key"], "sub:u-ana");
+    assert_eq!(ids(&s["annotations"]), vec![id.clone()]);
+    ana.send_data(
+        &json!({"type": "annotate", "op": "update", "id": id, "ref": "k2",
+                          "annotation": {"points": [[6.0, 7.0], [8.0, 9.0]]}}),
+    );
+    let updated = next_of(&mut ana, "annotation").await;
+    assert_eq!(updated["op"], "update", "{updated}");
+    assert_eq!(
+        updated["ref"], "k2",
+        "an update's echo carries its ref: {updated}"
+    );
+    assert_eq!(
+        updated["annotation"]["points"],
+        json!([[6.0, 7.0], [8.0, 9.0]])
+    );
+
+    // A token for the same display name that does not name u-ana is someone else.
+    let token = auth.issue("board", "Dr Ana Smith", Role::Participant, ttl);
+    let mut other = join_as(&server, "Dr Ana Smith", token).await;
+    let s = snapshot(&mut other).await;
+    assert_eq!(s["author_key"], "signed:participant:Dr Ana Smith");
+    other.send_data(&json!({"type": "annotate", "op": "delete", "id": id, "ref": "k3"}));
+    let e = expect_error(&mut other, "not_allowed").await;
+    assert_eq!(e["ref"], "k3", "{e}");
+
+    ana.send_data(&json!({"type": "annotate", "op": "delete", "id": id, "ref": "k4"}));
+    let deleted = next_of(&mut ana, "annotation").await;
+    assert_eq!(deleted["op"], "delete", "{deleted}");
+    assert_eq!(deleted["ref"], "k4");
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -478,6 +478,7 @@ async fn auth_expired_token_is_token_expired() {
         role: Role::Host,
         exp: now - 3600,
         iat: now - 7200,
+        sub: None,
     });
     let msg = join(&mut ws, "board", "Dr A", Some(&expired)).await;
     assert_error(&msg, "token_expired");

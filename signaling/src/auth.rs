@@ -9,6 +9,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The longest `sub` claim accepted.
+pub const MAX_SUB_BYTES: usize = 128;
+
 /// The claims of an invitation token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -20,6 +23,22 @@ pub struct Claims {
     /// Issued at, seconds since the Unix epoch.
     #[serde(default)]
     pub iat: u64,
+    /// The hospital's own id for the person (e.g. a directory account), when the issuer
+    /// knows it: what makes them the same author on every join, whatever name they show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+}
+
+impl Claims {
+    /// The stable key of what this person authors (annotations): the same on every join
+    /// with a token for the same person, and different for anyone a token names otherwise.
+    /// `sub:` when the issuer named the person, else the signed role and display name.
+    pub fn author_key(&self) -> String {
+        match self.sub.as_deref().filter(|s| !s.is_empty()) {
+            Some(sub) => format!("sub:{sub}"),
+            None => format!("signed:{}:{}", self.role.as_str(), self.name),
+        }
+    }
 }
 
 /// Issues and verifies invitation tokens with one shared secret.
@@ -52,6 +71,18 @@ impl TokenAuthority {
 
     /// A token for `name` in `room` with `role`, valid for `ttl` from now.
     pub fn issue(&self, room: &str, name: &str, role: Role, ttl: Duration) -> String {
+        self.issue_for(room, name, role, None, ttl)
+    }
+
+    /// As [`TokenAuthority::issue`], naming the person by the issuer's id (`sub`).
+    pub fn issue_for(
+        &self,
+        room: &str,
+        name: &str,
+        role: Role,
+        sub: Option<&str>,
+        ttl: Duration,
+    ) -> String {
         let iat = now_secs();
         let claims = Claims {
             room: room.to_owned(),
@@ -59,6 +90,7 @@ impl TokenAuthority {
             role,
             exp: iat + ttl.as_secs(),
             iat,
+            sub: sub.map(str::to_owned),
         };
         self.sign(&claims)
     }
@@ -97,6 +129,14 @@ impl TokenAuthority {
                 _ => SignalingError::Unauthorized(format!("the token is not valid ({e})")),
             },
         )?;
+        // The key is copied into every annotation the person draws: keep it small and plain.
+        if let Some(sub) = &data.claims.sub
+            && (sub.len() > MAX_SUB_BYTES || sub.chars().any(char::is_control))
+        {
+            return Err(SignalingError::Unauthorized(format!(
+                "the token's sub is at most {MAX_SUB_BYTES} bytes without control characters"
+            )));
+        }
         Ok(data.claims)
     }
 }
@@ -138,10 +178,42 @@ mod tests {
             role: Role::Host,
             exp: now_secs() - 3600,
             iat: now_secs() - 7200,
+            sub: None,
         });
         assert_eq!(
             auth.verify(&expired, "board", "Dr A").unwrap_err(),
             SignalingError::TokenExpired
+        );
+    }
+
+    #[test]
+    fn author_keys_follow_the_person_not_the_join() {
+        let auth = TokenAuthority::new(b"secret");
+        let ttl = Duration::from_secs(60);
+        let key = |t: String| auth.verify_claims(&t).unwrap().author_key();
+        assert_eq!(
+            key(auth.issue_for("b", "Dr A", Role::Host, Some("u-17"), ttl)),
+            "sub:u-17"
+        );
+        // The same person under another display name is still the same author.
+        assert_eq!(
+            key(auth.issue_for("b", "Dr A. Smith", Role::Host, Some("u-17"), ttl)),
+            "sub:u-17"
+        );
+        assert_eq!(
+            key(auth.issue("b", "Dr A", Role::Participant, ttl)),
+            "signed:participant:Dr A"
+        );
+        let long = "x".repeat(MAX_SUB_BYTES + 1);
+        let t = auth.issue_for("b", "Dr A", Role::Host, Some(&long), ttl);
+        assert!(matches!(
+            auth.verify_claims(&t),
+            Err(SignalingError::Unauthorized(_))
+        ));
+        // An empty sub names nobody: it falls back to the signed name.
+        assert_eq!(
+            key(auth.issue_for("b", "Dr A", Role::Host, Some(""), ttl)),
+            "signed:host:Dr A"
         );
     }
 }

@@ -28,6 +28,21 @@ pub struct Collaborator {
     pub role: Role,
     /// The validated display name, copied into the annotations it authors.
     pub name: String,
+    /// The stable author key ([`Annotation::author_key`]): what it may edit, across joins.
+    pub key: String,
+}
+
+impl Collaborator {
+    /// A collaborator of open demo mode, where only the display name tells people apart.
+    pub fn unsigned(id: ParticipantId, role: Role, name: String) -> Self {
+        let key = format!("name:{name}");
+        Self {
+            id,
+            role,
+            name,
+            key,
+        }
+    }
 }
 
 /// One message and who gets it.
@@ -149,7 +164,8 @@ impl CollabRoom {
     /// A room as the database remembers it: nobody is in it, nobody presents.
     pub fn restore(stored: StoredRoom) -> Self {
         let mut annotations = BTreeMap::new();
-        for a in stored.annotations {
+        for mut a in stored.annotations {
+            a.backfill_author_key();
             if let Some(seq) = parse_annotation_id(&a.id) {
                 annotations.insert(seq, a);
             }
@@ -159,6 +175,12 @@ impl CollabRoom {
             .max(stored.recent.last().map_or(0, |e| e.seq))
             .max(annotations.keys().next_back().copied().unwrap_or(0));
         let mut recent: VecDeque<AnnotationEvent> = stored.recent.into();
+        for a in recent
+            .iter_mut()
+            .filter_map(|e| e.annotation.as_deref_mut())
+        {
+            a.backfill_author_key();
+        }
         while recent.len() > RECENT_EVENTS {
             recent.pop_front();
         }
@@ -277,8 +299,8 @@ impl CollabRoom {
         }
         let to = vec![who.id.clone()];
         let reply = match since {
-            Some(since) if self.can_replay_from(since) => self.changes_frames(since),
-            _ => self.snapshot_frames(),
+            Some(since) if self.can_replay_from(since) => self.changes_frames(since, &who.key),
+            _ => self.snapshot_frames(&who.key),
         };
         effects
             .messages
@@ -311,9 +333,10 @@ impl CollabRoom {
             .is_some_and(|first| first.seq <= since + 1)
     }
 
-    fn snapshot_frames(&self) -> Vec<CollabMessage> {
+    fn snapshot_frames(&self, author_key: &str) -> Vec<CollabMessage> {
         let frame = |viewer: Option<Value>, annotations, part, more| CollabMessage::Snapshot {
             seq: self.seq,
+            author_key: author_key.to_owned(),
             presenter: self.presenter.clone(),
             requests: self.requests.clone(),
             viewer,
@@ -335,10 +358,11 @@ impl CollabRoom {
             .collect()
     }
 
-    fn changes_frames(&self, since: u64) -> Vec<CollabMessage> {
+    fn changes_frames(&self, since: u64, author_key: &str) -> Vec<CollabMessage> {
         let frame = |viewer: Option<Value>, events, part, more| CollabMessage::Changes {
             from_seq: since,
             seq: self.seq,
+            author_key: author_key.to_owned(),
             presenter: self.presenter.clone(),
             requests: self.requests.clone(),
             viewer,
@@ -499,6 +523,7 @@ impl CollabRoom {
                         id: id.clone(),
                         author: &who.id,
                         author_name: &who.name,
+                        author_key: &who.key,
                         now_ms,
                     },
                 )?;
@@ -507,7 +532,7 @@ impl CollabRoom {
             }
             AnnotateOp::Update => {
                 let (_, old) = self.find(id)?;
-                if old.author != who.id {
+                if old.author_key != who.key {
                     return Err(CollabError::NotAllowed(
                         "only its author edits an annotation",
                     ));
@@ -518,7 +543,7 @@ impl CollabRoom {
             }
             AnnotateOp::Delete => {
                 let (_, old) = self.find(id)?;
-                if old.author != who.id && who.role != Role::Host {
+                if old.author_key != who.key && who.role != Role::Host {
                     return Err(CollabError::NotAllowed(
                         "only its author or the host deletes an annotation",
                     ));
@@ -536,11 +561,7 @@ impl CollabRoom {
                 by: who.id.clone(),
                 at_ms: now_ms,
             },
-            reference: if op == AnnotateOp::Add {
-                reference
-            } else {
-                None
-            },
+            reference,
             from: who.id.clone(),
         })
     }
@@ -721,11 +742,7 @@ mod tests {
     use serde_json::json;
 
     fn person(id: &str, role: Role) -> Collaborator {
-        Collaborator {
-            id: id.into(),
-            role,
-            name: format!("Dr {id}"),
-        }
+        Collaborator::unsigned(id.into(), role, format!("Dr {id}"))
     }
 
     fn host() -> Collaborator {
@@ -983,6 +1000,60 @@ mod tests {
             )),
             CollabErrorCode::NotAllowed
         );
+    }
+
+    #[test]
+    fn the_same_person_keeps_editing_after_a_reconnect() {
+        let mut room = board();
+        let signed = |id: &str, name: &str, key: &str| Collaborator {
+            id: id.into(),
+            role: Role::Participant,
+            name: name.into(),
+            key: key.into(),
+        };
+        let first = signed("a", "Dr A", "sub:u-1");
+        hello(&mut room, &first);
+        add(&mut room, &first, "r"); // a-1
+        room.leave(&first.id);
+        // Rejoined under a new participant id (and a new display name): same author key.
+        let again = signed("a2", "Dr A. Smith", "sub:u-1");
+        let snapshot = hello(&mut room, &again);
+        assert!(matches!(
+            &to_of(&snapshot, "a2")[..],
+            [CollabMessage::Snapshot { author_key, annotations, .. }]
+                if author_key == "sub:u-1" && annotations[0].author_key == "sub:u-1"
+        ));
+        let update = req(json!({"type": "annotate", "op": "update", "id": "a-1",
+                                "annotation": {"text": "moved"}, "ref": "e1"}));
+        let p = pending(room.handle(&again, update.clone(), 500));
+        let e = room.commit(p);
+        assert!(matches!(
+            &to_of(&e, "a2")[..],
+            [CollabMessage::Annotation(ev)] if ev.reference.as_deref() == Some("e1")
+        ));
+        // The same name with another key (someone else, or an unsigned join) may not.
+        let impostor = signed("x", "Dr A. Smith", "signed:participant:Dr A. Smith");
+        hello(&mut room, &impostor);
+        assert_eq!(
+            code(room.handle(&impostor, update, 600)),
+            CollabErrorCode::NotAllowed
+        );
+    }
+
+    #[test]
+    fn annotations_stored_before_author_keys_get_a_name_key() {
+        let mut room = board();
+        add(&mut room, &alice(), "r");
+        let mut stored: Vec<Annotation> = room.annotations().cloned().collect();
+        stored[0].author_key.clear();
+        let restored = CollabRoom::restore(StoredRoom {
+            seq: 1,
+            annotations: stored,
+            recent: Vec::new(),
+            viewer: None,
+        });
+        let a = restored.annotations().next().unwrap();
+        assert_eq!(a.author_key, "name:Dr a");
     }
 
     #[test]

@@ -284,8 +284,23 @@ pub struct Annotation {
     pub window: Option<AnnotationWindow>,
     pub author: ParticipantId,
     pub author_name: String,
+    /// Who may edit it: the author's stable key ([`crate::Claims::author_key`], or
+    /// `name:<display name>` in open demo mode), which, unlike `author`, survives a reconnect.
+    /// Rows written before keys existed get `name:<author_name>` when loaded.
+    #[serde(default)]
+    pub author_key: String,
     pub created_ms: u64,
     pub updated_ms: u64,
+}
+
+impl Annotation {
+    /// Gives an annotation stored before author keys existed the key its author's name
+    /// would have in open mode.
+    pub fn backfill_author_key(&mut self) {
+        if self.author_key.is_empty() {
+            self.author_key = format!("name:{}", self.author_name);
+        }
+    }
 }
 
 /// Window width and centre (rescaled values) of the viewport an annotation was drawn in.
@@ -365,6 +380,7 @@ pub struct Authorship<'a> {
     pub id: String,
     pub author: &'a ParticipantId,
     pub author_name: &'a str,
+    pub author_key: &'a str,
     pub now_ms: u64,
 }
 
@@ -389,6 +405,7 @@ pub fn new_annotation(input: Value, who: Authorship<'_>) -> Result<Annotation, C
         window: window(input.window)?,
         author: who.author.clone(),
         author_name: who.author_name.to_owned(),
+        author_key: who.author_key.to_owned(),
         created_ms: who.now_ms,
         updated_ms: who.now_ms,
     };
@@ -604,6 +621,10 @@ pub enum CollabMessage {
     /// The whole state, possibly in several parts (see the document).
     Snapshot {
         seq: u64,
+        /// The key the receiver's own annotations carry (`Annotation::author_key`), so its
+        /// client knows which ones it may edit, also those from an earlier join.
+        #[serde(default)]
+        author_key: String,
         presenter: Option<ParticipantId>,
         requests: Vec<ParticipantId>,
         viewer: Option<Value>,
@@ -616,6 +637,9 @@ pub enum CollabMessage {
     Changes {
         from_seq: u64,
         seq: u64,
+        /// As in `Snapshot`.
+        #[serde(default)]
+        author_key: String,
         presenter: Option<ParticipantId>,
         requests: Vec<ParticipantId>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -668,6 +692,7 @@ mod tests {
             id: "a-1".into(),
             author: id,
             author_name: "Dr A",
+            author_key: "name:Dr A",
             now_ms: 5,
         }
     }

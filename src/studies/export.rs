@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use consilium_signaling::Role;
 use consilium_signaling::collab::Annotation;
-use serde_json::json;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 
@@ -30,7 +30,7 @@ async fn study_annotations(
     state: &AppState,
     who: &Caller,
     study: &str,
-) -> Result<(String, Vec<Annotation>), ApiError> {
+) -> Result<(String, Vec<Annotation>, Option<Value>), ApiError> {
     let s = state.studies.clone();
     let id = study.to_owned();
     let room = blocking(move || Ok(s.study_room(&id)?))
@@ -47,7 +47,26 @@ async fn study_annotations(
         .into_iter()
         .filter(|a| a.study == study)
         .collect();
-    Ok((room, anns))
+    Ok((room, anns, stored.viewer))
+}
+
+/// The window the room's presenter last showed `series` with (its ViewerState, which the
+/// server keeps per room), for annotations drawn before they carried their own.
+fn viewer_window(viewer: Option<&Value>, series: &str) -> Option<gsps::Window> {
+    let viewports = viewer?.get("viewports")?.as_array()?;
+    viewports
+        .iter()
+        .filter(|v| v.get("series").and_then(Value::as_str) == Some(series))
+        .find_map(|v| {
+            let width = v.get("ww")?.as_f64()?;
+            let center = v.get("wc")?.as_f64()?;
+            (width.is_finite()
+                && center.is_finite()
+                && width > 0.0
+                && width <= 1e6
+                && center.abs() <= 1e6)
+                .then_some(gsps::Window { center, width })
+        })
 }
 
 /// `GET /dicomweb/studies/{study}/annotations`: every live annotation of the study.
@@ -58,7 +77,7 @@ async fn export_json(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let who = caller(&state, &headers, &q)?;
-    let (room, anns) = study_annotations(&state, &who, &study).await?;
+    let (room, anns, _) = study_annotations(&state, &who, &study).await?;
     let body = json!({
         "version": EXPORT_VERSION,
         "study": study,
@@ -117,7 +136,7 @@ async fn export_gsps(
             "observers cannot store presentation states".into(),
         ));
     }
-    let (room, anns) = study_annotations(&state, &who, &study).await?;
+    let (room, anns, viewer) = study_annotations(&state, &who, &study).await?;
     if anns.is_empty() {
         return Err(ApiError::Conflict(format!(
             "study {study} has no annotations to export"
@@ -161,7 +180,7 @@ async fn export_gsps(
                 date: date.clone(),
                 time: time.clone(),
                 creator: &creator,
-                viewer_window: None,
+                viewer_window: viewer_window(viewer.as_ref(), &series),
             };
             let obj = gsps::build(&images, &list, &params)
                 .map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -213,6 +232,25 @@ fn date_time(secs: u64) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_presenters_window_for_a_series() {
+        let v = json!({"layout": "1x2", "viewports": [
+            {"series": "1.2.3", "ww": 400, "wc": 40},
+            {"series": "1.2.4", "ww": 1500.5, "wc": -600}]});
+        assert_eq!(
+            viewer_window(Some(&v), "1.2.4"),
+            Some(gsps::Window {
+                center: -600.0,
+                width: 1500.5
+            })
+        );
+        assert_eq!(viewer_window(Some(&v), "9.9"), None);
+        assert_eq!(viewer_window(None, "1.2.3"), None);
+        let bad = json!({"viewports": [{"series": "1.2.3", "ww": -1, "wc": 0}, "x"]});
+        assert_eq!(viewer_window(Some(&bad), "1.2.3"), None);
+        assert_eq!(viewer_window(Some(&json!({"viewports": 3})), "1.2.3"), None);
+    }
 
     #[test]
     fn civil_date() {

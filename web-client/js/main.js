@@ -18,12 +18,14 @@ function loadViewerModules() {
     import('./viewer/upload.js'),
     import('./viewer/sync.js'),
     import('./annotation/layer.js'),
-  ]).then(([{ Viewer }, { Uploader }, { ViewerSync, STUDIES_CHANGED }, { AnnotationLayer }]) => ({
+    import('./annotation/export.js'),
+  ]).then(([{ Viewer }, { Uploader }, { ViewerSync, STUDIES_CHANGED }, { AnnotationLayer }, { AnnotationExport }]) => ({
     Viewer,
     Uploader,
     ViewerSync,
     STUDIES_CHANGED,
     AnnotationLayer,
+    AnnotationExport,
   }));
   return viewerModules;
 }
@@ -233,7 +235,7 @@ function setViewerShown(on) {
   btn.querySelector('.btn-text').textContent = on ? 'Hide images' : 'Images';
 }
 
-function startViewer({ Viewer, Uploader, ViewerSync, STUDIES_CHANGED, AnnotationLayer }, session, { room, token }) {
+function startViewer({ Viewer, Uploader, ViewerSync, STUDIES_CHANGED, AnnotationLayer, AnnotationExport }, session, { room, token }) {
   const root = $('#viewer');
   root.replaceChildren();
   const viewer = new Viewer(root, { room, token });
@@ -242,6 +244,11 @@ function startViewer({ Viewer, Uploader, ViewerSync, STUDIES_CHANGED, Annotation
     me: () => ({ id: session.participantId, name: session.name, role: session.role }),
   });
   const sync = new ViewerSync(session, viewer, annotations);
+  const exporter = new AnnotationExport(viewer, annotations, { role: () => session.role });
+  const refreshExport = () => exporter.refresh();
+  viewer.on('change', refreshExport);
+  viewer.on('active', refreshExport);
+  sync.on('annotations', refreshExport);
   current.viewer = viewer;
   current.annotations = annotations;
   current.sync = sync;

@@ -132,6 +132,30 @@ function countSent(page) {
   });
 }
 
+/** The client point at fraction `t` along annotation `a`'s first two points (or its only one). */
+function pointOn(page, a, t) {
+  return page.evaluate(
+    ([points, t]) => {
+      const vp = window.consiliumViewer.viewer.viewports[0];
+      const [p, q = p] = points;
+      const [x, y] = vp.imageToClient(p[0] + (q[0] - p[0]) * t, p[1] + (q[1] - p[1]) * t);
+      const r = vp.el.getBoundingClientRect();
+      return [r.left + x, r.top + y];
+    },
+    [a.points, t],
+  );
+}
+
+async function streamBytes(stream) {
+  const chunks = [];
+  for await (const c of stream) chunks.push(c);
+  return Buffer.concat(chunks);
+}
+
+async function streamText(stream) {
+  return (await streamBytes(stream)).toString('utf8');
+}
+
 async function drag(page, from, to, { button = 'left', steps = 8 } = {}) {
   await page.mouse.move(from[0], from[1]);
   await page.mouse.down({ button });
@@ -440,6 +464,131 @@ test('shared viewer: presenter, followers, annotations, late joiner, restart, up
         await presenter.getByRole('button', { name: 'Present', exact: true }).click();
         await waitFor(() => hook(presenter, () => window.consiliumViewer.isPresenter()), { timeout: 10_000, message: 'the host to present again' });
         await waitFor(() => hook(follower, () => window.consiliumViewer.isFollowing()), { timeout: 10_000, message: 'the follower to follow again' });
+      }),
+    );
+
+    await t.test('authors edit what they drew (drag, colour, text), also after a reload; nobody else can', (st) =>
+      withLogs(pages, async () => {
+        if (noCollab) return st.skip(noCollab);
+        const find = (page, id) => hook(page, (id) => window.consiliumViewer.annotations().find((a) => a.id === id), id);
+        const list = await hook(presenter, () => window.consiliumViewer.annotations());
+        const line = list.find((a) => a.kind === 'line');
+        const text = list.find((a) => a.kind === 'text');
+        // Back to the annotated slice (the hand-over above scrolled away); the follower follows.
+        await hook(presenter, (sop) => {
+          const v = window.consiliumViewer.viewer;
+          const vp = v.viewports[0];
+          v.localUpdate(vp, { slice: vp.series.slices.findIndex((sl) => sl.sop === sop) });
+        }, line.sop);
+        await expectSameView(presenter, follower, 'on the annotated slice');
+
+        // The host drags its line's end 40 px to the right: everyone sees the new length.
+        await presenter.locator('[data-tool="select"]').click();
+        let [tx, ty] = await pointOn(presenter, line, 0.5);
+        await presenter.mouse.click(tx, ty);
+        await waitFor(async () => (await presenter.locator('.viewer').getAttribute('data-selected-annotation')) === line.id, { timeout: 5000, message: 'the line selected on the presenter' });
+        const [ex, ey] = await pointOn(presenter, line, 1);
+        await drag(presenter, [ex, ey], [ex + 40, ey]);
+        const moved = await waitFor(
+          async () => {
+            const a = await find(follower, line.id);
+            return a && a.points[1][0] > line.points[1][0] + 5 ? a : null;
+          },
+          { timeout: 10_000, message: 'the dragged end on the follower' },
+        );
+        assert.deepEqual(moved.points[0], line.points[0], 'only the dragged end moved');
+        assert.notEqual(moved.stats.length_mm, line.stats.length_mm, `length recomputed: ${JSON.stringify([line.stats, moved.stats])}`);
+        assert.equal(moved.author_key, 'name:Dr Presenter');
+        assert.ok(moved.window && moved.window.ww > 0, `the window shown is stored: ${JSON.stringify(moved.window)}`);
+        // C gives it the next colour.
+        await presenter.keyboard.press('c');
+        await waitFor(async () => (await find(follower, line.id))?.color !== line.color, { timeout: 10_000, message: 'the new colour on the follower' });
+
+        // The host retypes its label: select, Enter, type, Enter.
+        [tx, ty] = await pointOn(presenter, text, 0);
+        await presenter.mouse.click(tx, ty);
+        await waitFor(async () => (await presenter.locator('.viewer').getAttribute('data-selected-annotation')) === text.id, { timeout: 5000, message: 'the text selected' });
+        await presenter.keyboard.press('Enter');
+        const input = presenter.locator('.vw-text-input');
+        await input.waitFor({ timeout: 5000 });
+        assert.equal(await input.inputValue(), text.text);
+        await input.fill('Spiculated margin, 14 mm');
+        await input.press('Enter');
+        await waitFor(async () => (await find(follower, text.id))?.text === 'Spiculated margin, 14 mm', { timeout: 10_000, message: 'the retyped label on the follower' });
+
+        // The follower may select the host's line but gets no handles: a drag sends nothing,
+        // and an update forged on the data channel is refused.
+        const before = await waitFor(async () => {
+          const a = await find(presenter, line.id);
+          return a && !a.editing ? a : null;
+        }, { timeout: 10_000, message: 'the presenter’s edits confirmed' });
+        await follower.locator('[data-tool="select"]').click();
+        const sentBefore = (await countSent(follower)).annotate ?? 0;
+        [tx, ty] = await pointOn(follower, before, 0.5);
+        await follower.mouse.click(tx, ty);
+        await waitFor(async () => (await follower.locator('.viewer').getAttribute('data-selected-annotation')) === line.id, { timeout: 5000, message: 'the line selected on the follower' });
+        const [fx1, fy1] = await pointOn(follower, before, 1);
+        await drag(follower, [fx1, fy1], [fx1 + 60, fy1 + 20]);
+        assert.equal((await countSent(follower)).annotate ?? 0, sentBefore, 'no annotate message for a shape the page may not edit');
+        await hook(follower, (id) => window.consilium.session.sendData({ type: 'annotate', op: 'update', id, ref: 'forged-1', annotation: { points: [[1, 1], [2, 2]] } }), line.id);
+        await waitFor(async () => (await hook(follower, () => window.consiliumViewer.syncLog())).some((m) => m.type === 'error' && m.code === 'not_allowed'), { timeout: 10_000, message: 'the forged update refused' });
+        assert.deepEqual((await find(presenter, line.id)).points, before.points, 'the line is unchanged');
+
+        // The follower draws an arrow, reloads (a new participant id), and still moves it.
+        await follower.locator('[data-tool="arrow"]').click();
+        const fb = await viewportBox(follower);
+        await drag(follower, [fb.x + 150, fb.y + fb.height - 150], [fb.x + 210, fb.y + fb.height - 110]);
+        const arrow = await waitFor(
+          async () => (await hook(presenter, () => window.consiliumViewer.annotations())).find((a) => a.kind === 'arrow' && a.author_name === 'Dr Follower' && !a.pending),
+          { timeout: 10_000, message: 'the follower’s arrow on the presenter' },
+        );
+        const idBefore = await hook(follower, () => window.consilium.session.participantId);
+        await follower.reload({ waitUntil: 'domcontentloaded' });
+        await waitFor(() => hook(follower, () => window.consiliumViewer?.synced() && window.consiliumViewer.ready()), { timeout: 30_000, message: 'the reloaded follower to resync' });
+        assert.notEqual(await hook(follower, () => window.consilium.session.participantId), idBefore, 'a reload is a new participant');
+        await expectSameView(presenter, follower, 'after the follower’s reload');
+        await follower.locator('[data-tool="select"]').click();
+        [tx, ty] = await pointOn(follower, arrow, 0.5);
+        await follower.mouse.click(tx, ty);
+        await waitFor(async () => (await follower.locator('.viewer').getAttribute('data-selected-annotation')) === arrow.id, { timeout: 5000, message: 'its arrow selected after the reload' });
+        await drag(follower, [tx, ty], [tx + 30, ty + 30]);
+        const shifted = await waitFor(
+          async () => {
+            const a = await find(presenter, arrow.id);
+            return a && a.points[0][0] > arrow.points[0][0] + 5 && a.points[1][0] > arrow.points[1][0] + 5 ? a : null;
+          },
+          { timeout: 10_000, message: 'the whole arrow moved, seen by the presenter' },
+        );
+        const dx0 = shifted.points[0][0] - arrow.points[0][0];
+        const dx1 = shifted.points[1][0] - arrow.points[1][0];
+        assert.ok(Math.abs(dx0 - dx1) < 0.05, `moved as a whole: ${JSON.stringify([arrow.points, shifted.points])}`);
+        await follower.locator('[data-tool="scroll"]').click();
+        await presenter.locator('[data-tool="scroll"]').click();
+      }),
+    );
+
+    await t.test('the host exports the annotations as JSON and as DICOM presentation states', (st) =>
+      withLogs(pages, async () => {
+        if (noCollab) return st.skip(noCollab);
+        const study = (await state(presenter)).viewports[0].study;
+        const [json] = await Promise.all([presenter.waitForEvent('download', { timeout: 10_000 }), presenter.locator('[data-action="export-json"]').click()]);
+        assert.equal(json.suggestedFilename(), `annotations-${study}.json`);
+        const body = JSON.parse(await streamText(await json.createReadStream()));
+        const ids = (await hook(presenter, () => window.consiliumViewer.annotations())).map((a) => a.id).sort();
+        assert.deepEqual(body.annotations.map((a) => a.id).sort(), ids);
+        const gsps = presenter.waitForEvent('download', { timeout: 15_000 });
+        await presenter.locator('[data-action="export-gsps"]').click();
+        const file = await gsps;
+        assert.match(file.suggestedFilename(), /^GSPS-[0-9.]+\.dcm$/);
+        const bytes = await streamBytes(await file.createReadStream());
+        assert.equal(bytes.subarray(128, 132).toString('latin1'), 'DICM', 'a DICOM Part 10 file');
+        const created = JSON.parse((await presenter.locator('.viewer').getAttribute('data-last-export')) || '[]');
+        assert.equal(created.length, 1, JSON.stringify(created));
+        assert.equal(created[0].annotations, ids.length);
+        // Stored back into the study: QIDO lists the PR series.
+        const res = await fetch(`${server.url}/dicomweb/studies/${study}/series?room=${ROOM}`, { headers: { Accept: 'application/dicom+json' } });
+        const series = await res.json();
+        assert.ok(series.some((s) => s['00080060']?.Value?.[0] === 'PR' && s['0020000E']?.Value?.[0] === created[0].seriesInstanceUID), JSON.stringify(series.map((s) => s['00080060'])));
       }),
     );
 

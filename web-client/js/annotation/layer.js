@@ -1,9 +1,11 @@
 // Annotation layer: the room's annotations drawn on the viewports (image-pixel coordinates,
 // so they stay on the anatomy through zoom and pan), the drawing tools (arrow, length,
-// ellipse ROI, freehand outline, text) and select/delete. What this page draws is shown at
-// once as pending, sent as `annotate` with a `ref`, and replaced by the server's
-// `annotation` echo carrying that ref (docs/collaboration.md); the server's order is the truth.
+// ellipse ROI, freehand outline, text) and select/edit/delete (edit.js). What this page draws
+// or edits is shown at once, sent as `annotate` with a `ref`, and replaced by the server's
+// `annotation` echo carrying that ref, or rolled back by an `error` carrying it
+// (docs/collaboration.md); the server's order is the truth.
 
+import { AnnotationEditor } from './edit.js';
 import { computeStats, distToSegment, pointInPolygon, simplify, statsLines } from './geometry.js';
 
 export const TOOLS = ['arrow', 'line', 'ellipse', 'freehand', 'text', 'select'];
@@ -37,8 +39,15 @@ export class AnnotationLayer {
     this.items = new Map();
     /** This page's annotations not yet echoed: ref → {annotation, sent} */
     this.pending = new Map();
+    /** This page's edits not yet echoed: ref → {id}. */
+    this.edits = new Map();
+    /** The server's version of each annotation with an edit in flight, to roll back to. */
+    this.confirmed = new Map();
+    /** What this page's own annotations carry as `author_key` (from snapshot/changes). */
+    this.authorKey = null;
     this.selected = null;
     this.draft = null; // the shape being drawn: {vp, kind, points}
+    this.editor = new AnnotationEditor(this);
     viewer.drawAnnotations = (vp, ctx) => this.draw(vp, ctx);
     viewer.annotatedSlices = (series) => this.slicesOf(series);
     viewer.annotationInput = this;
@@ -56,7 +65,19 @@ export class AnnotationLayer {
 
   reset(list) {
     this.items.clear();
+    this.edits.clear();
+    this.confirmed.clear();
     for (const a of list ?? []) if (a?.id !== undefined) this.items.set(a.id, a);
+    if (this.selected !== null && !this.items.has(this.selected)) this.select(null);
+    this._updateDeleteButton();
+    this._redraw();
+  }
+
+  /** The server told this page its author key (every snapshot and changes). */
+  setAuthorKey(key) {
+    if (typeof key !== 'string' || !key || key === this.authorKey) return;
+    this.authorKey = key;
+    this._updateDeleteButton();
     this._redraw();
   }
 
@@ -72,20 +93,63 @@ export class AnnotationLayer {
       if (!a || a.id === undefined) return;
       if (ev.ref && this.pending.has(ev.ref)) this.pending.delete(ev.ref);
       this.items.set(a.id, a);
+      if (this.confirmed.has(a.id)) this.confirmed.set(a.id, a);
     } else if (ev.op === 'delete') {
       this.items.delete(ev.id);
+      this.confirmed.delete(ev.id);
       if (this.selected === ev.id) this.select(null);
     }
+    if (ev.ref && this.edits.has(ev.ref)) this._settle(ev.ref, false);
+    this._updateDeleteButton();
     this._redraw();
   }
 
-  /** The server refused the message with this ref. */
+  /** The server refused the message with this ref: an add is dropped, an edit undone. */
   reject(ref) {
-    if (ref && this.pending.delete(ref)) this._redraw();
+    if (!ref) return;
+    if (this.pending.delete(ref)) this._redraw();
+    else if (this.edits.has(ref)) {
+      this._settle(ref, true);
+      this._redraw();
+    }
+  }
+
+  /** An edit was answered; once none is left in flight, show the server's version. */
+  _settle(ref, rollback) {
+    const { id } = this.edits.get(ref);
+    this.edits.delete(ref);
+    if ([...this.edits.values()].some((e) => e.id === id)) return;
+    const base = this.confirmed.get(id);
+    this.confirmed.delete(id);
+    if (rollback && base && this.items.has(id)) this.items.set(id, base);
+  }
+
+  /**
+   * Applies `patch` (points, text, color, stats, window) to annotation `id` at once and asks
+   * the server for it; false when it may not or cannot be sent.
+   */
+  update(id, patch) {
+    const a = this.items.get(id);
+    if (!a || !this.canEdit(a)) return false;
+    const ref = newRef();
+    if (!this.send({ type: 'annotate', op: 'update', id, ref, annotation: patch })) {
+      this.viewer.toast('Not connected: the change was not saved.', { kind: 'error' });
+      return false;
+    }
+    if (!this.confirmed.has(id)) this.confirmed.set(id, a);
+    this.edits.set(ref, { id });
+    this.items.set(id, { ...a, ...patch, editing: true });
+    this._redraw();
+    return true;
   }
 
   /** Sends what the server has not acknowledged yet (after a reconnect). */
   resendPending() {
+    // Edits in flight on the old connection were either stored (the snapshot or changes
+    // just applied the server's version) or lost: undo what still shows as unconfirmed.
+    for (const [id, base] of this.confirmed) if (this.items.get(id)?.editing) this.items.set(id, base);
+    this.edits.clear();
+    this.confirmed.clear();
     // One whose echo was lost with the old connection is already among the server's: keep
     // that one rather than store it twice.
     const key = (a) => `${a.author_name}|${a.kind}|${a.sop}|${a.frame ?? 1}|${JSON.stringify(a.points)}|${a.text ?? ''}`;
@@ -96,9 +160,28 @@ export class AnnotationLayer {
     }
   }
 
+  /** Whether this page's author may edit `a`: the server's rule (author key), not a guess. */
+  canEdit(a) {
+    if (!a || a.pending || a.id === undefined) return false;
+    if (a.author_key && this.authorKey) return a.author_key === this.authorKey;
+    return a.author === this.me().id; // a server from before author keys
+  }
+
   canDelete(a) {
-    const me = this.me();
-    return !!a && (a.author === me.id || me.role === 'host' || (a.author_name === me.name && !a.author));
+    return this.canEdit(a) || (!!a && !a.pending && this.me().role === 'host');
+  }
+
+  isOnImage(vp, a) {
+    const s = vp.series;
+    const sl = vp.slice;
+    return !!(s && sl && a.series === s.uid && a.sop === sl.sop && (a.frame ?? 1) === sl.frame);
+  }
+
+  /** The window `vp` shows (stored with an annotation for the GSPS export), if grey-scale. */
+  windowOf(vp) {
+    if (!vp.series || vp.series.isColor) return undefined;
+    const r = (v) => Math.round(v * 100) / 100;
+    return { ww: r(Math.max(0.01, vp.state.ww)), wc: r(vp.state.wc) };
   }
 
   select(id) {
@@ -121,7 +204,7 @@ export class AnnotationLayer {
       this.viewer.toast(`Only ${a.author_name || 'its author'} or the host can delete this annotation.`, { kind: 'error' });
       return true;
     }
-    this.send({ type: 'annotate', op: 'delete', id: a.id });
+    this.send({ type: 'annotate', op: 'delete', id: a.id, ref: newRef() });
     return true;
   }
 
@@ -141,9 +224,11 @@ export class AnnotationLayer {
       color: colorFor(me.name),
       stats: computeStats(kind, s, vp.state.slice, vp.frame, points),
     };
+    const window = this.windowOf(vp);
+    if (window) annotation.window = window;
     const ref = newRef();
     const sent = this.send({ type: 'annotate', op: 'add', ref, annotation });
-    this.pending.set(ref, { ref, annotation: { ...annotation, author: me.id, author_name: me.name }, sent });
+    this.pending.set(ref, { ref, annotation: { ...annotation, author: me.id, author_name: me.name, author_key: this.authorKey }, sent });
     this._redraw();
   }
 
@@ -159,6 +244,10 @@ export class AnnotationLayer {
 
   onKey(ev) {
     if ((ev.key === 'Delete' || ev.key === 'Backspace') && this.selected !== null) return this.deleteSelected();
+    if ((ev.key === 'c' || ev.key === 'C') && this.selected !== null) return this.editor.recolor();
+    if (ev.key === 'Enter' && this.selected !== null) {
+      return this.editor.retype(this.viewer.viewports[this.viewer.active]);
+    }
     if (ev.key === 'Escape') {
       if (this.draft) {
         this.draft = null;
@@ -174,11 +263,12 @@ export class AnnotationLayer {
     const el = vp.el;
     const pt = () => vp.clientToImage(ev.clientX, ev.clientY);
     if (tool === 'select') {
-      this.select(this.hitTest(vp, ev.clientX, ev.clientY));
+      this.editor.pointerDown(vp, ev);
       return;
     }
     if (tool === 'text') {
-      this._textInput(vp, ev.clientX, ev.clientY, pt());
+      const point = pt();
+      this.textInput(vp, ev.clientX, ev.clientY, { onCommit: (text) => text && this._add(vp, 'text', [point], text) });
       return;
     }
     const start = pt();
@@ -216,12 +306,14 @@ export class AnnotationLayer {
     el.addEventListener('pointercancel', cancel);
   }
 
-  _textInput(vp, clientX, clientY, point) {
+  /** A text box at a client point; `onCommit(text)` with the trimmed text on Enter or blur. */
+  textInput(vp, clientX, clientY, { initial = '', onCommit }) {
     this.viewer.root.querySelector('.vw-text-input')?.remove();
     const input = document.createElement('input');
     input.className = 'vw-text-input';
     input.maxLength = 200;
-    input.placeholder = 'Label, Enter to place';
+    input.value = initial;
+    input.placeholder = initial ? 'Label, Enter to save' : 'Label, Enter to place';
     input.setAttribute('aria-label', 'Annotation text');
     const r = this.viewer.root.getBoundingClientRect();
     input.style.left = `${clientX - r.left}px`;
@@ -233,7 +325,7 @@ export class AnnotationLayer {
       done = true;
       const text = input.value.trim();
       input.remove();
-      if (commit && text) this._add(vp, 'text', [point], text);
+      if (commit) onCommit(text);
       vp.el.focus({ preventScroll: true });
     };
     input.addEventListener('keydown', (e) => {
@@ -289,15 +381,17 @@ export class AnnotationLayer {
   // ---------------------------------------------------------------- drawing
 
   _onImage(vp) {
-    const s = vp.series;
-    const sl = vp.slice;
-    if (!s || !sl) return [];
-    return this.list().filter((a) => a.series === s.uid && a.sop === sl.sop && (a.frame ?? 1) === sl.frame);
+    return this.list().filter((a) => this.isOnImage(vp, a));
   }
 
   draw(vp, ctx) {
     const d = vp.dpr;
-    for (const a of this._onImage(vp)) this._drawOne(vp, ctx, a, d, a.id !== undefined && a.id === this.selected);
+    for (const a of this._onImage(vp)) {
+      const selected = a.id !== undefined && a.id === this.selected;
+      const points = this.editor.pointsOf(vp, a);
+      this._drawOne(vp, ctx, points === a.points ? a : { ...a, points, editing: true }, d, selected);
+      if (selected) this.editor.drawHandles(vp, ctx, a);
+    }
     if (this.draft && this.draft.vp === vp) {
       const me = this.me();
       this._drawOne(vp, ctx, { kind: this.draft.kind, points: this.draft.points, color: colorFor(me.name), author_name: me.name, draft: true }, d, false);
@@ -367,7 +461,7 @@ export class AnnotationLayer {
       if (a.kind === 'text' && a.text) lines.push(a.text);
       else if (a.text) lines.push(a.text);
       lines.push(...statsLines(a.kind, a.stats));
-      const who = `${a.author_name || 'Unknown'}${a.pending ? ' · sending…' : ''}`;
+      const who = `${a.author_name || 'Unknown'}${a.pending ? ' · sending…' : a.editing ? ' · saving…' : ''}`;
       ctx.setLineDash([]);
       ctx.shadowBlur = 3 * d;
       let y = labelAt[1];

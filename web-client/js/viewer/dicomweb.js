@@ -74,6 +74,34 @@ export class DicomWeb {
     return buf;
   }
 
+  /** The room's annotations on `study` as the server's JSON export (a Blob to save). */
+  async annotationsExport(study) {
+    const path = `/studies/${enc(study)}/annotations`;
+    const res = await fetch(this._url(path), { headers: this._headers('application/json') });
+    if (!res.ok) throw new DicomWebError(await errorText(res), res.status);
+    return res.blob();
+  }
+
+  /**
+   * Stores the room's annotations on `study` as DICOM presentation states (GSPS, one per
+   * annotated series) in the study; resolves with the server's `created` list.
+   */
+  async savePresentationStates(study) {
+    const path = `/studies/${enc(study)}/presentation-states`;
+    const res = await fetch(this._url(path), { method: 'POST', headers: this._headers('application/json') });
+    if (!res.ok) throw new DicomWebError(await errorText(res), res.status);
+    return (await res.json()).created ?? [];
+  }
+
+  /** One stored instance as application/dicom (a Blob to save). */
+  async instanceBlob(url) {
+    const u = new URL(url, location.href);
+    u.searchParams.set('room', this.room);
+    const res = await fetch(`${u.pathname}${u.search}`, { headers: this._headers('application/dicom') });
+    if (!res.ok) throw new DicomWebError(await errorText(res), res.status);
+    return res.blob();
+  }
+
   /**
    * STOW-RS: one multipart/related request of application/dicom parts (or a zip as is).
    * Resolves with the server's response dataset (ReferencedSOPSequence, FailedSOPSequence).
@@ -113,6 +141,19 @@ export class DicomWeb {
     if (!res.ok && !json) throw new DicomWebError(`${res.status} ${res.statusText}${text ? `: ${text.slice(0, 300)}` : ''}`, res.status, text);
     return { status: res.status, result: json ?? {} };
   }
+}
+
+/** The server's reason (`{"error": …}`) or the status line. */
+async function errorText(res) {
+  const text = await res.text().catch(() => '');
+  try {
+    const j = JSON.parse(text);
+    if (typeof j?.error === 'string') return j.error;
+    if (typeof j?.error?.message === 'string') return j.error.message;
+  } catch {
+    /* not JSON */
+  }
+  return `${res.status} ${res.statusText}${text ? `: ${text.slice(0, 200)}` : ''}`;
 }
 
 function enc(uid) {

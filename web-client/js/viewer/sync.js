@@ -162,6 +162,7 @@ export class ViewerSync extends Emitter {
         // carries the viewer state and replaces what this page had.
         if (!msg.part) {
           this.annotations.reset(msg.annotations ?? []);
+          this.annotations.setAuthorKey(msg.author_key);
           const first = !this._everSynced;
           this._setPresenter(msg.presenter ?? null, msg.requests ?? this.requests);
           if (msg.viewer && this.isPresenter && first) {
@@ -177,6 +178,7 @@ export class ViewerSync extends Emitter {
       case 'changes':
         // Part 0 says who presents now and what they show (a resume missed both); a
         // server that predates those fields leaves us to what this tab saved.
+        if (!msg.part) this.annotations.setAuthorKey(msg.author_key);
         if (!msg.part && 'presenter' in msg) {
           this._resumed = { presenter: msg.presenter ?? null, requests: msg.requests ?? [], viewer: msg.viewer ?? null };
         }
@@ -264,8 +266,10 @@ export class ViewerSync extends Emitter {
     this.requests = Array.isArray(requests) ? requests : [];
     if (id !== was) {
       if (this.isPresenter) {
-        // Start presenting from what this page shows now.
+        // Start presenting from what this page shows now, even if it is what this page last
+        // sent when it presented before: the others have followed someone else since.
         this.following = true;
+        this._sentState = '';
         this._scheduleState();
       } else if (id && was === this.me) {
         this.following = true;
