@@ -1226,6 +1226,7 @@ impl Engine {
             tracks,
             metrics,
             dirty,
+            socket,
             ..
         } = self;
         let Some(peer) = peers.get_mut(&subscriber) else {
@@ -1260,10 +1261,14 @@ impl Engine {
         );
         if was_waiting {
             let history = tracks.get(&track_key).and_then(|t| t.history.as_ref());
-            for early in history
+            for (i, early) in history
                 .into_iter()
                 .flat_map(|h| h.after(packet.header.sequence_number))
+                .enumerate()
             {
+                if i % BURST_DRAIN == BURST_DRAIN - 1 {
+                    send_queued(socket, &mut peer.pc, &metrics.fast);
+                }
                 let Ok(rewrite) =
                     sub.down
                         .forward(early.header.sequence_number, early.header.timestamp, || {
@@ -1281,6 +1286,8 @@ impl Engine {
                     metrics,
                 );
             }
+            // The next track's replay (a joiner starts all of them at once) starts empty.
+            send_queued(socket, &mut peer.pc, &metrics.fast);
         }
         dirty.push(subscriber);
         sent
@@ -1301,6 +1308,7 @@ impl Engine {
             tracks,
             metrics,
             dirty,
+            socket,
             ..
         } = self;
         let (Some(peer), Some(history)) = (
@@ -1315,8 +1323,12 @@ impl Engine {
         let Some(pt) = sub.payload_type else {
             return;
         };
+        let mut written = 0usize;
         for pair in &nack.nacks {
             for out_seq in *pair {
+                if written % BURST_DRAIN == BURST_DRAIN - 1 {
+                    send_queued(socket, &mut peer.pc, &metrics.fast);
+                }
                 let original = sub.down.source_of(out_seq).and_then(|seq| history.get(seq));
                 let Some(original) = original else {
                     metrics.resent_missing.inc();
@@ -1334,6 +1346,7 @@ impl Engine {
                     metrics,
                 ) {
                     metrics.resent.inc();
+                    written += 1;
                 }
             }
         }
@@ -1429,18 +1442,7 @@ impl Engine {
             let Some(peer) = self.peers.get_mut(&key) else {
                 continue;
             };
-            while let Some(out) = peer.pc.poll_write() {
-                if let Err(e) = self
-                    .socket
-                    .try_send_to(&out.message, out.transport.peer_addr)
-                {
-                    if e.kind() == std::io::ErrorKind::WouldBlock {
-                        self.metrics.fast.dropped_socket_full.inc();
-                    } else {
-                        self.metrics.fast.dropped_send_error.inc();
-                    }
-                }
-            }
+            send_queued(&self.socket, &mut peer.pc, &self.metrics.fast);
             let next = peer.pc.poll_timeout();
             if next != peer.deadline {
                 if let Some(old) = peer.deadline {
@@ -1563,6 +1565,29 @@ fn interceptors(media_engine: &mut MediaEngine) -> Result<Registry, rtc::shared:
 /// built, not cloned: extension ids are per connection (the publisher's would mean other
 /// things, or misroute by MID, on the subscriber's), and not copying them saves an
 /// allocation per packet and subscriber.
+/// Most packets written into one connection before its output is sent: `rtc`'s handler
+/// queues keep the capacity of the largest burst they ever held for as long as the
+/// connection lives (a joiner's keyframe replay of every track, a long NACK), which was
+/// most of the server's memory per participant (docs/benchmarks.md).
+const BURST_DRAIN: usize = 32;
+
+/// Sends every datagram `pc` has queued (one `sendto` each; a full socket drops, counted).
+fn send_queued(
+    socket: &UdpSocket,
+    pc: &mut RTCPeerConnection,
+    fast: &crate::metrics::FastCounters,
+) {
+    while let Some(out) = pc.poll_write() {
+        if let Err(e) = socket.try_send_to(&out.message, out.transport.peer_addr) {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                fast.dropped_socket_full.inc();
+            } else {
+                fast.dropped_send_error.inc();
+            }
+        }
+    }
+}
+
 fn write_forwarded(
     sender: Option<rtc::rtp_transceiver::rtp_sender::RTCRtpSender<'_>>,
     packet: &rtc::rtp::Packet,
