@@ -63,6 +63,10 @@ window.consilium = {
   get state() {
     return current.session?.state ?? 'idle';
   },
+  /** Whether the current connection uses the PeerConnection and `join` of index.html's head script. */
+  get earlyJoin() {
+    return current.session?.earlyJoin ?? false;
+  },
   timings,
 };
 

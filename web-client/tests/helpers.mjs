@@ -170,9 +170,12 @@ export function launchBrowser() {
  * Opens `url` in a fresh browser context (its own cookies, devices, permissions).
  * Console errors and page errors are collected in page.consiliumLog for failure reports,
  * uncaught exceptions in page.pageErrors, received signaling messages in page.wsReceived.
+ * `opts.init`: a function (or script) run in the page before any of its own scripts, with
+ * `opts.initArg` as its argument.
  */
-export async function openPage(browser, url) {
+export async function openPage(browser, url, opts = {}) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
+  if (opts.init) await context.addInitScript(opts.init, opts.initArg);
   const page = await context.newPage();
   const log = [];
   page.consiliumLog = log;

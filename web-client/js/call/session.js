@@ -4,7 +4,9 @@
 // other participants and, per participant, a MediaStream of their live remote tracks.
 //
 // Protocol: docs/protocol.md. The client makes exactly one offer (inside `join`); after
-// `joined` it only answers the server's offers.
+// `joined` it only answers the server's offers. For a deep link, index.html's head script
+// makes that PeerConnection and sends that `join` before the modules load: the first
+// attempt adopts them (_adoptEarlyCall); a rejoin makes its own.
 //
 // Events (via .on): state, participants, remote-media, local-media, joined, error,
 // media-error, data, data-open, data-close, ended.
@@ -93,6 +95,11 @@ export class Session extends Emitter {
     this._startedAt = 0;
     this._clientTimings = null; // {off(), timer} while waiting to send `client_timings`
     this._clientTimingsInFlight = false; // sent, and the `pong` that follows not yet back
+    /**
+     * Whether the current attempt adopted the PeerConnection and `join` of index.html's head
+     * script (a deep link's first attempt), rather than making its own.
+     */
+    this.earlyJoin = false;
   }
 
   /** Starts the call: WebSocket and camera/microphone are opened in parallel. */
@@ -144,6 +151,12 @@ export class Session extends Emitter {
     this.joined = false;
     const sig = new Signaling(this.url);
     this.signaling = sig;
+    // A deep link's first attempt: index.html's head script may have opened the socket, built
+    // the PeerConnection and sent (or be about to send) `join` on it. Adopted before the
+    // socket's buffered messages (`joined`...) are replayed by sig.open().
+    const call = sig.takeEarly({ room: this.room, name: this.name, token: this.token })?.call ?? null;
+    this.earlyJoin = !!call;
+    if (call) this._adoptEarlyCall(gen, call);
     this._bindSignaling(sig, gen);
     const wsOpen = sig.open().then(() => mark('ws_open', sig.openedAt ?? undefined));
     wsOpen.catch(() => {}); // awaited below; the close handler also reports it
@@ -154,24 +167,65 @@ export class Session extends Emitter {
     // them by replaceTrack (no renegotiation) when it does. So the join, the answer, ICE and
     // DTLS, and receiving the others, all overlap with getUserMedia (and its permission
     // prompt). Offer creation overlaps with the WebSocket handshake.
-    let offerSdp;
+    let joinSentAt = null;
     try {
-      [offerSdp] = await Promise.all([this._createPeerConnection(gen), wsOpen]);
+      if (call) joinSentAt = await this._earlyJoinSent(call, wsOpen);
+      if (gen !== this._gen) return;
+      if (joinSentAt === null) {
+        const [offerSdp] = await Promise.all([this._createPeerConnection(gen), wsOpen]);
+        if (gen !== this._gen) return;
+        sig.join({ room: this.room, name: this.name, token: this.token, offer: offerSdp });
+        joinSentAt = performance.now();
+      }
     } catch (err) {
       console.warn('[consilium] connection attempt failed', err);
       this._connectionLost(gen);
       return;
     }
     if (gen !== this._gen) return;
-    sig.join({ room: this.room, name: this.name, token: this.token, offer: offerSdp });
-    mark('join_sent');
+    mark('join_sent', joinSentAt);
     this._startPing(gen);
     this._update();
   }
 
+  /**
+   * Takes over the head script's PeerConnection (see index.html): the same transceivers and
+   * data channel _createPeerConnection makes, so from here on nothing tells them apart.
+   * Synchronous, so that no event of the PeerConnection and no buffered message is missed.
+   */
+  _adoptEarlyCall(gen, call) {
+    call.detach();
+    this._sendStream = call.stream; // msid of the offer; a rejoin's fresh offer keeps it
+    this._sendTransceivers = { audio: call.transceivers.audio, video: call.transceivers.video };
+    this._setupPeerConnection(gen, call.pc, call.dc);
+    // Candidates gathered before this module loaded, in order (null = end of candidates).
+    for (const c of call.candidates.splice(0)) this._onLocalCandidate(c);
+  }
+
+  /**
+   * When the head script's `join` left (performance.now()), once the socket is adopted and
+   * open. null if the script could not make or send its offer: then its PeerConnection is
+   * dropped and the caller makes a fresh one and sends `join` itself, on the same socket.
+   */
+  async _earlyJoinSent(call, wsOpen) {
+    let sentAt;
+    try {
+      sentAt = await call.sent;
+    } catch (err) {
+      console.warn('[consilium] the early join failed, joining without it', err);
+      if (this.pc === call.pc) {
+        this._closePeerConnection();
+        this.earlyJoin = false;
+      }
+      return null;
+    }
+    await wsOpen;
+    return sentAt;
+  }
+
   async _createPeerConnection(gen) {
+    // Keep in step with the head script of index.html, which builds the same for a deep link.
     const pc = new RTCPeerConnection();
-    this.pc = pc;
     // Always one sendonly audio and one sendonly video transceiver (the server publishes a
     // track on its first RTP packet, so one that never gets a track stays invisible).
     this._sendStream ??= new MediaStream();
@@ -184,13 +238,31 @@ export class Session extends Emitter {
         streams: [this._sendStream],
       });
     }
-    if (!stream) {
+    const dc = pc.createDataChannel('consilium', { negotiated: true, id: 0, ordered: true });
+    // The server may send its UTF-8 JSON as binary messages; Firefox's default is 'blob'.
+    dc.binaryType = 'arraybuffer';
+    this._setupPeerConnection(gen, pc, dc);
+
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    return pc.localDescription.sdp;
+  }
+
+  /**
+   * Makes pc (with our send transceivers in this._sendTransceivers) and its data channel dc
+   * the current ones: listeners, and the local tracks now or when getUserMedia resolves.
+   */
+  _setupPeerConnection(gen, pc, dc) {
+    this.pc = pc;
+    this.dataChannel = dc;
+    if (this.localStream) {
+      this._attachLocalTracks(this.localStream);
+    } else {
       this._mediaPromise.then((s) => {
         if (s && gen === this._gen && this.pc === pc) this._attachLocalTracks(s);
       });
     }
-    const dc = pc.createDataChannel('consilium', { negotiated: true, id: 0, ordered: true });
-    this.dataChannel = dc;
+
     // The viewer sync says `hello` on every (re)opened channel.
     dc.addEventListener('open', () => {
       if (gen === this._gen) this.emit('data-open', dc);
@@ -198,8 +270,6 @@ export class Session extends Emitter {
     dc.addEventListener('close', () => {
       if (gen === this._gen) this.emit('data-close', dc);
     });
-    // The server may send its UTF-8 JSON as binary messages; Firefox's default is 'blob'.
-    dc.binaryType = 'arraybuffer';
     const utf8 = new TextDecoder();
     dc.addEventListener('message', (ev) => {
       if (gen !== this._gen) return;
@@ -211,16 +281,10 @@ export class Session extends Emitter {
       }
     });
 
-    pc.addEventListener('icecandidate', (ev) => {
-      if (gen !== this._gen) return;
-      // null (or an empty candidate string) = end of candidates.
-      const c = ev.candidate && ev.candidate.candidate ? ev.candidate : null;
-      if (!c && this._sentEndOfCandidates) return;
-      if (!c) this._sentEndOfCandidates = true;
-      if (this.joined) this.signaling?.candidate(c);
-      else this._pendingLocalCandidates.push(c);
-    });
     this._sentEndOfCandidates = false;
+    pc.addEventListener('icecandidate', (ev) => {
+      if (gen === this._gen) this._onLocalCandidate(ev.candidate);
+    });
 
     pc.addEventListener('track', (ev) => {
       if (gen !== this._gen) return;
@@ -237,10 +301,28 @@ export class Session extends Emitter {
       if (gen !== this._gen) return;
       this._onPcState(gen, pc.connectionState);
     });
+  }
 
-    const offer = await pc.createOffer();
-    await pc.setLocalDescription(offer);
-    return pc.localDescription.sdp;
+  /** A local ICE candidate (null = end of candidates): trickled after `joined`. */
+  _onLocalCandidate(candidate) {
+    // null (or an empty candidate string) = end of candidates.
+    const c = candidate && candidate.candidate ? candidate : null;
+    if (!c && this._sentEndOfCandidates) return;
+    if (!c) this._sentEndOfCandidates = true;
+    if (this.joined) this.signaling?.candidate(c);
+    else this._pendingLocalCandidates.push(c);
+  }
+
+  _closePeerConnection() {
+    try {
+      this.dataChannel?.close();
+      this.pc?.close();
+    } catch {
+      /* already closed */
+    }
+    this.dataChannel = null;
+    this.pc = null;
+    this._sendTransceivers = {};
   }
 
   /** Puts the local tracks on our sendonly transceivers (no renegotiation needed). */
@@ -276,7 +358,7 @@ export class Session extends Emitter {
       this._lastServerFrameAt = performance.now();
     });
     on('joined', (msg) => {
-      mark('joined');
+      mark('joined', sig.receivedAt ?? undefined); // when it arrived, maybe before this module loaded
       this._enqueue(gen, () => this._onJoined(msg));
     });
     on('offer', (msg) => this._enqueue(gen, () => this._onOffer(msg)));
@@ -467,15 +549,7 @@ export class Session extends Emitter {
     clearTimeout(this._reconcileTimer);
     this.signaling?.close();
     this.signaling = null;
-    try {
-      this.dataChannel?.close();
-      this.pc?.close();
-    } catch {
-      /* already closed */
-    }
-    this.dataChannel = null;
-    this.pc = null;
-    this._sendTransceivers = {};
+    this._closePeerConnection();
     this.joined = false;
     this.participantId = null;
     this._queue = Promise.resolve();

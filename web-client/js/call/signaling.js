@@ -46,8 +46,10 @@ export function signalingUrl(loc = window.location) {
 export const PROTOCOL_VERSION = 1;
 
 /**
- * The WebSocket index.html opened at page start for a deep link, if it is for `url` and still
- * usable: {ws, openedAt, messages, detach()}. Taken once; a rejoin opens a fresh socket.
+ * What index.html's head script started for a deep link, if its socket is for `url` and
+ * still usable: {ws, openedAt, messages: [{data, at}], detach(), call}. `call` (or null) is the
+ * PeerConnection whose `join` that script sends on the socket, see Session#_adoptEarlyCall.
+ * Taken once per page: a rejoin opens a fresh socket.
  */
 function takeEarlySocket(url) {
   const early = globalThis.__consiliumEarlySocket;
@@ -57,13 +59,29 @@ function takeEarlySocket(url) {
   if (ws && ws.url === url && (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN)) {
     return early;
   }
+  discardEarly(early);
+  return null;
+}
+
+/** Closes what the head script started (its `join`, if sent, dies with the socket). */
+function discardEarly(early) {
   early.detach?.();
+  early.call?.detach?.();
   try {
-    ws?.close();
+    early.call?.pc.close();
   } catch {
     /* already closed */
   }
-  return null;
+  try {
+    early.ws?.close();
+  } catch {
+    /* already closed */
+  }
+}
+
+/** Whether the head script's `join` is the one the session would send. */
+function sameJoin(a, b) {
+  return a.room === b.room && a.name === b.name && (a.token || null) === (b.token || null);
 }
 
 export class Signaling extends Emitter {
@@ -76,6 +94,31 @@ export class Signaling extends Emitter {
     this.closedByUs = false;
     /** performance.now() when the socket opened. */
     this.openedAt = null;
+    /**
+     * performance.now() when the message being emitted arrived: earlier than now for one the
+     * head script buffered before this module loaded.
+     */
+    this.receivedAt = null;
+    /** What the head script started, once looked for (undefined before), see takeEarly(). */
+    this._early = undefined;
+  }
+
+  /**
+   * Takes, once, what index.html's head script started for a deep link: its socket, which
+   * open() then adopts, and its `call` if that call's `join` has the fields of `join`
+   * ({room, name, token}). Returns null if there is nothing usable (no deep link, socket
+   * closed, already taken by an earlier attempt); a `call` for another join makes the whole
+   * early start unusable (its `join` may already be on the socket), so it is closed.
+   */
+  takeEarly(join = null) {
+    if (this._early !== undefined) return this._early;
+    let early = takeEarlySocket(this.url);
+    if (early?.call && !(join && sameJoin(early.call.join, join))) {
+      discardEarly(early);
+      early = null;
+    }
+    this._early = early;
+    return early;
   }
 
   /**
@@ -84,7 +127,7 @@ export class Signaling extends Emitter {
    */
   open() {
     if (this.ws) throw new Error('signaling socket already opened');
-    const early = takeEarlySocket(this.url);
+    const early = this.takeEarly();
     const ws = early ? early.ws : new WebSocket(this.url);
     this.ws = ws;
     return new Promise((resolve, reject) => {
@@ -97,7 +140,7 @@ export class Signaling extends Emitter {
         resolve();
       };
       ws.addEventListener('open', () => onOpen(performance.now()));
-      ws.addEventListener('message', (ev) => this.#onMessage(ev));
+      ws.addEventListener('message', (ev) => this.#onMessage(ev.data, performance.now()));
       ws.addEventListener('error', () => {
         if (!opened) reject(new Error(`cannot connect to ${this.url}`));
       });
@@ -114,7 +157,7 @@ export class Signaling extends Emitter {
         // Events the early socket already dispatched are not dispatched again.
         early.detach();
         if (ws.readyState === WebSocket.OPEN) onOpen(early.openedAt ?? performance.now());
-        for (const ev of early.messages.splice(0)) this.#onMessage(ev);
+        for (const m of early.messages.splice(0)) this.#onMessage(m.data, m.at);
       }
     });
   }
@@ -123,22 +166,23 @@ export class Signaling extends Emitter {
     return this.ws?.readyState === WebSocket.OPEN;
   }
 
-  #onMessage(ev) {
-    if (typeof ev.data !== 'string') {
+  #onMessage(data, receivedAt) {
+    if (typeof data !== 'string') {
       console.warn('[consilium] ignoring binary signaling frame');
       return;
     }
     let msg;
     try {
-      msg = JSON.parse(ev.data);
+      msg = JSON.parse(data);
     } catch {
-      console.warn('[consilium] ignoring malformed signaling frame', ev.data);
+      console.warn('[consilium] ignoring malformed signaling frame', data);
       return;
     }
     if (!msg || typeof msg !== 'object' || typeof msg.type !== 'string') {
       console.warn('[consilium] ignoring signaling frame without type', msg);
       return;
     }
+    this.receivedAt = receivedAt;
     this.emit('message', msg);
     this.emit(msg.type, msg);
   }

@@ -5,8 +5,9 @@
 //
 //   ws_open                  signaling WebSocket open
 //   media_ready              getUserMedia resolved (or failed and we go on without media)
-//   join_sent                `join` sent                                    (local only)
-//   joined                   `joined` received
+//   join_sent                `join` sent (for a deep link by index.html's head script)  (local only)
+//   joined                   `joined` received (when it arrived, also if it waited in the
+//                            head script's buffer for the modules to load)
 //   ice_connected            ICE connection state connected/completed
 //   pc_connected             RTCPeerConnection connectionState connected    (local only)
 //   first_remote_audio       first remote audio received

@@ -1,0 +1,222 @@
+// The early join of a deep link: index.html's head script opens the signaling socket, builds
+// the RTCPeerConnection and sends `join` before the ES modules load; js/call/session.js
+// adopts them. These tests check that a deep link takes that path (one PeerConnection, one
+// join, media both ways), that a reconnect builds a fresh PeerConnection, and that the page
+// still joins when the early path is missing or fails (socket closed, no RTCPeerConnection in
+// the head, the early offer failing).
+// Run from web-client/: node --test tests/early-join.test.mjs
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startServer,
+  launchBrowser,
+  openPage,
+  closePage,
+  waitFor,
+  uniqueRoom,
+  callUrl,
+  remoteMediaInfo,
+  pageLogs,
+} from './helpers.mjs';
+
+let server;
+let browser;
+
+before(async () => {
+  server = await startServer();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  await server?.stop();
+});
+
+async function withLogs(pages, fn) {
+  try {
+    return await fn();
+  } catch (err) {
+    err.message += `\n${pageLogs(...pages)}`;
+    const logs = server?.logs?.();
+    if (logs) err.message += `\n--- server output (tail) ---\n${logs.slice(-3000)}`;
+    throw err;
+  }
+}
+
+/**
+ * Runs in the page before its own scripts: counts the RTCPeerConnections and WebSockets it
+ * creates (window.__pcs, window.__sockets), and notes for each `join` sent whether the
+ * modules (window.consilium) had run yet (window.__joins). `faults` breaks the early path:
+ * closeFirstSocket, noFirstPeerConnection, failFirstOffer.
+ */
+function instrument(faults = {}) {
+  const NativePC = window.RTCPeerConnection;
+  const NativeWS = window.WebSocket;
+  window.__pcs = [];
+  window.__sockets = [];
+  window.__joins = [];
+  window.RTCPeerConnection = class extends NativePC {
+    constructor(...args) {
+      if (faults.noFirstPeerConnection && window.__pcs.length === 0) {
+        window.__pcs.push(null);
+        throw new Error('no RTCPeerConnection (test)');
+      }
+      super(...args);
+      window.__pcs.push(this);
+      if (faults.failFirstOffer && window.__pcs.length === 1) {
+        this.createOffer = () => Promise.reject(new Error('createOffer failed (test)'));
+      }
+    }
+  };
+  window.WebSocket = class extends NativeWS {
+    constructor(...args) {
+      super(...args);
+      window.__sockets.push(this);
+      if (faults.closeFirstSocket && window.__sockets.length === 1) this.close();
+    }
+    send(data) {
+      try {
+        if (JSON.parse(data).type === 'join') window.__joins.push({ modulesRan: !!window.consilium });
+      } catch {
+        /* not JSON */
+      }
+      return super.send(data);
+    }
+  };
+}
+
+/** What the instrumented page saw: counts, PeerConnection states, the session's flags. */
+function probe(page) {
+  return page.evaluate(() => ({
+    pcs: window.__pcs.map((pc) => (pc ? pc.signalingState : 'threw')),
+    sockets: window.__sockets.length,
+    joins: window.__joins,
+    earlyJoin: window.consilium?.earlyJoin,
+    state: window.consilium?.state,
+    timings: { ...window.consilium?.timings },
+    adoptedFirstPc: !!window.__pcs[0] && window.consilium?.pc === window.__pcs[0],
+  }));
+}
+
+/** Waits until `page` shows `otherName`'s video and receives audio, and is connected. */
+async function expectLiveRemote(page, otherName) {
+  let last;
+  await waitFor(
+    async () => {
+      last = await remoteMediaInfo(page);
+      const tile = last.tiles.find((t) => t.name === otherName);
+      return last.state === 'connected' && tile && tile.width > 0 && last.audioPacketsReceived > 0;
+    },
+    { timeout: 20_000, message: `live video and audio of ${otherName}`, detail: () => JSON.stringify(last) },
+  );
+}
+
+/** Signaling `join` messages the page sent (on sockets that opened). */
+const joinsSent = (page) => page.wsSent.filter((m) => m.type === 'join');
+
+test('a deep link joins with the head script’s PeerConnection; a reconnect makes a fresh one', { timeout: 120_000 }, async (t) => {
+  const room = uniqueRoom('early');
+  const alice = await openPage(browser, callUrl(server.url, { room, name: 'Alice' }));
+  const bob = await openPage(browser, callUrl(server.url, { room, name: 'Bob' }), { init: instrument });
+  try {
+    await t.test('one PeerConnection, one join, media both ways', () =>
+      withLogs([alice, bob], async () => {
+        await Promise.all([expectLiveRemote(alice, 'Bob'), expectLiveRemote(bob, 'Alice')]);
+        const p = await probe(bob);
+        t.diagnostic(`Bob: ${JSON.stringify(p)}`);
+        assert.equal(p.earlyJoin, true, 'the session adopted the early call');
+        assert.deepEqual(p.pcs, ['stable'], 'exactly one RTCPeerConnection, in use');
+        assert.ok(p.adoptedFirstPc, 'the session’s PeerConnection is the head script’s');
+        assert.equal(p.sockets, 1, 'one WebSocket');
+        assert.equal(p.joins.length, 1, 'one join');
+        assert.equal(joinsSent(bob).length, 1);
+        const [join] = joinsSent(bob);
+        assert.equal(join.v, 1);
+        assert.equal(join.room, room);
+        assert.equal(join.name, 'Bob');
+        assert.equal(join.token, null);
+        // The offer session.js would make: sendonly audio, sendonly video, the data channel.
+        const kinds = [...join.offer.matchAll(/^m=(\w+)/gm)].map((m) => m[1]);
+        assert.deepEqual(kinds, ['audio', 'video', 'application']);
+        assert.equal(join.offer.match(/^a=sendonly/gm)?.length, 2, 'two sendonly sections');
+        // Truthful timings: the join left after the socket opened, the answer after the join.
+        const { ws_open, join_sent, joined } = p.timings;
+        assert.ok(ws_open <= join_sent && join_sent <= joined, JSON.stringify(p.timings));
+        // Bob's camera and microphone went onto the head script's transceivers by replaceTrack
+        // (and Alice gets his video, above).
+        assert.deepEqual(
+          await bob.evaluate(() => {
+            const { audio, video } = window.consilium.session._sendTransceivers;
+            const first = window.__pcs[0].getTransceivers();
+            return [audio === first[0], video === first[1], audio.sender.track?.kind, video.sender.track?.kind];
+          }),
+          [true, true, 'audio', 'video'],
+          'local tracks on the adopted transceivers',
+        );
+        // The data channel opened on the adopted PeerConnection.
+        await waitFor(() => bob.evaluate(() => window.consilium.session.dataChannel?.readyState === 'open'), {
+          timeout: 10_000,
+          message: 'the adopted data channel to open',
+        });
+        assert.deepEqual(bob.pageErrors, []);
+      }),
+    );
+
+    await t.test('a reconnect builds a fresh PeerConnection and joins again', () =>
+      withLogs([alice, bob], async () => {
+        // The socket drops (not by the session): it rejoins on a new socket.
+        await bob.evaluate(() => window.consilium.session.signaling.ws.close());
+        await waitFor(async () => (await probe(bob)).pcs.length === 2, {
+          timeout: 10_000,
+          message: 'a second PeerConnection',
+        });
+        await Promise.all([expectLiveRemote(alice, 'Bob'), expectLiveRemote(bob, 'Alice')]);
+        const p = await probe(bob);
+        assert.equal(p.earlyJoin, false);
+        assert.deepEqual(p.pcs, ['closed', 'stable'], 'the early PeerConnection was closed');
+        assert.equal(p.sockets, 2);
+        assert.equal(joinsSent(bob).length, 2);
+        assert.deepEqual(bob.pageErrors, []);
+      }),
+    );
+  } finally {
+    await closePage(alice);
+    await closePage(bob);
+  }
+});
+
+for (const [fault, expected] of [
+  // The early socket is gone before the modules load: fresh socket, fresh PeerConnection.
+  ['closeFirstSocket', { pcs: ['closed', 'stable'], sockets: 2 }],
+  // No RTCPeerConnection in the head (an old browser): the early socket, the session's PC.
+  ['noFirstPeerConnection', { pcs: ['threw', 'stable'], sockets: 1 }],
+  // The early offer fails: the early socket, a fresh PeerConnection, the session's join.
+  ['failFirstOffer', { pcs: ['closed', 'stable'], sockets: 1 }],
+]) {
+  test(`without the early call (${fault}) a deep link still joins`, { timeout: 60_000 }, async () => {
+    const room = uniqueRoom('fallback');
+    const alice = await openPage(browser, callUrl(server.url, { room, name: 'Alice' }));
+    const bob = await openPage(browser, callUrl(server.url, { room, name: 'Bob' }), {
+      init: instrument,
+      initArg: { [fault]: true },
+    });
+    try {
+      await withLogs([alice, bob], async () => {
+        await Promise.all([expectLiveRemote(alice, 'Bob'), expectLiveRemote(bob, 'Alice')]);
+        const p = await probe(bob);
+        assert.equal(p.earlyJoin, false);
+        assert.deepEqual(p.pcs, expected.pcs);
+        assert.equal(p.sockets, expected.sockets);
+        assert.equal(p.joins.length, 1, 'one join');
+        assert.equal(p.joins[0].modulesRan, true, 'sent by session.js');
+        assert.equal(joinsSent(bob).length, 1);
+        assert.equal(typeof p.timings.join_sent, 'number');
+        assert.deepEqual(bob.pageErrors, []);
+      });
+    } finally {
+      await closePage(alice);
+      await closePage(bob);
+    }
+  });
+}
