@@ -50,8 +50,14 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// What one read of a signaling socket asks for. tungstenite zero-fills its whole read
+/// buffer (128 KiB by default) before every read, also one that finds nothing: with
+/// signaling messages of a few KiB that was most of a join's CPU in the WebSocket layer.
+pub const WS_READ_BUFFER: usize = 8 * 1024;
+
 async fn websocket(ws: WebSocketUpgrade, State(state): State<AppState>) -> impl IntoResponse {
     ws.max_message_size(WS_TRANSPORT_LIMIT)
         .max_frame_size(WS_TRANSPORT_LIMIT)
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| session::run(socket, state))
 }

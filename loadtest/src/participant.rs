@@ -18,6 +18,7 @@ use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::{MediaStreamTrack, MediaStreamTrackId};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::{
@@ -220,9 +221,14 @@ impl Participant {
         let started = Instant::now();
         // TCP_NODELAY, as browsers set it: small signaling messages must not wait for the
         // ACK of the previous one (Nagle + delayed ACK = 40 ms stalls on Linux).
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&config.ws_url, None, true)
-            .await
-            .with_context(|| format!("connecting to {}", config.ws_url))?;
+        // A small read buffer: tungstenite zero-fills all of it (128 KiB by default) before
+        // every read, which was 13 % of the load generator's CPU in a connect benchmark.
+        let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(8 * 1024);
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_with_config(&config.ws_url, Some(ws_config), true)
+                .await
+                .with_context(|| format!("connecting to {}", config.ws_url))?;
         let ws_open = Instant::now();
         let socket = UdpSocket::bind(SocketAddr::new(config.bind_ip, 0)).await?;
         let local_addr = socket.local_addr()?;
@@ -414,6 +420,25 @@ fn vp8() -> RTCRtpCodec {
     }
 }
 
+/// One DTLS certificate for every synthetic participant of this process: making one (an
+/// ECDSA key and a signature) per join was load-generator CPU that a connect benchmark
+/// would count against the server. Each peer still has its own DTLS keys per handshake.
+fn shared_certificate() -> anyhow::Result<RTCCertificate> {
+    static CERT: std::sync::OnceLock<Result<RTCCertificate, String>> = std::sync::OnceLock::new();
+    CERT.get_or_init(|| {
+        let provider = rtc::crypto::default_provider().map_err(|e| e.to_string())?;
+        RTCCertificate::generate(
+            provider.crypto(),
+            rtc::crypto::SignatureScheme::EcdsaP256Sha256,
+            CertificateParams::new(vec!["consilium-loadtest".to_owned()])
+                .map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(|e| anyhow!("making the DTLS certificate: {e}"))
+}
+
 impl ClientPeer {
     fn new(config: &ParticipantConfig, local_addr: SocketAddr) -> anyhow::Result<Self> {
         let mut media_engine = MediaEngine::default();
@@ -431,7 +456,11 @@ impl ClientPeer {
             .with_ice_connection_attempts(Some(Duration::from_millis(25)), Some(56))
             .build();
         let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_certificates(vec![shared_certificate()?])
+                    .build(),
+            )
             .with_setting_engine(setting_engine)
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
