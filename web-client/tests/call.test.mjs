@@ -13,7 +13,7 @@ import {
   uniqueRoom,
   callUrl,
   remoteMediaInfo,
-  pageLogs,
+  withLogs as withPageLogs,
 } from './helpers.mjs';
 
 let server;
@@ -29,17 +29,8 @@ after(async () => {
   await server?.stop();
 });
 
-/** Adds the pages' console output (and server output) to a failure. */
-async function withLogs(pages, fn) {
-  try {
-    return await fn();
-  } catch (err) {
-    err.message += `\n${pageLogs(...pages)}`;
-    const logs = server?.logs?.();
-    if (logs) err.message += `\n--- server output (tail) ---\n${logs.slice(-3000)}`;
-    throw err;
-  }
-}
+/** Adds the pages' console output (and the server's) to a failure. */
+const withLogs = (pages, fn) => withPageLogs(pages, fn, () => server);
 
 /** Waits until `page` shows exactly one remote tile, for `otherName`, with moving video and audio. */
 async function expectLiveRemote(page, otherName) {

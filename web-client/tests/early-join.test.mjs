@@ -17,7 +17,7 @@ import {
   uniqueRoom,
   callUrl,
   remoteMediaInfo,
-  pageLogs,
+  withLogs as withPageLogs,
 } from './helpers.mjs';
 
 let server;
@@ -33,16 +33,8 @@ after(async () => {
   await server?.stop();
 });
 
-async function withLogs(pages, fn) {
-  try {
-    return await fn();
-  } catch (err) {
-    err.message += `\n${pageLogs(...pages)}`;
-    const logs = server?.logs?.();
-    if (logs) err.message += `\n--- server output (tail) ---\n${logs.slice(-3000)}`;
-    throw err;
-  }
-}
+/** Adds the pages' console output (and the server's) to a failure. */
+const withLogs = (pages, fn) => withPageLogs(pages, fn, () => server);
 
 /**
  * Runs in the page before its own scripts: counts the RTCPeerConnections and WebSockets it

@@ -258,3 +258,18 @@ export function pageLogs(...pages) {
     .map((p, i) => `--- page ${i} (${p.url()}) ---\n${(p.consiliumLog ?? []).slice(-30).join('\n')}`)
     .join('\n');
 }
+
+/**
+ * Runs `fn`; a failure carries the pages' console output and the tail of the server's
+ * (`server()` is asked at failure time: a test may have restarted it).
+ */
+export async function withLogs(pages, fn, server = () => null) {
+  try {
+    return await fn();
+  } catch (err) {
+    err.message += `\n${pageLogs(...pages)}`;
+    const logs = server()?.logs?.();
+    if (logs) err.message += `\n--- server output (tail) ---\n${logs.slice(-3000)}`;
+    throw err;
+  }
+}

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { startServer, launchBrowser, openPage, closePage, waitFor, callUrl, pageLogs } from './helpers.mjs';
+import { startServer, launchBrowser, openPage, closePage, waitFor, callUrl, withLogs as withPageLogs } from './helpers.mjs';
 import { ctSlice, zipStore } from './dicom-fixture.mjs';
 
 let server;
@@ -44,16 +44,8 @@ after(async () => {
   if (dataDir) await rm(dataDir, { recursive: true, force: true }).catch(() => {});
 });
 
-async function withLogs(pages, fn) {
-  try {
-    return await fn();
-  } catch (err) {
-    err.message += `\n${pageLogs(...pages)}`;
-    const logs = server?.logs?.();
-    if (logs) err.message += `\n--- server output (tail) ---\n${logs.slice(-3000)}`;
-    throw err;
-  }
-}
+/** Adds the pages' console output (and the server's) to a failure. */
+const withLogs = (pages, fn) => withPageLogs(pages, fn, () => server);
 
 const hook = (page, expr, arg) => page.evaluate(expr, arg);
 const state = (page) => hook(page, () => window.consiliumViewer.state());
