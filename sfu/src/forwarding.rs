@@ -217,11 +217,18 @@ impl DownTrack {
 ///
 /// Indexed by sequence number in a power-of-two ring: a slot holds the packet whose number
 /// maps to it, so a lookup is one index and one comparison. Time is passed in.
+///
+/// Packets older than `max_age` are dropped as newer ones arrive (the ring's capacity is the
+/// bound for a fast track, the age for a slow one): only a recent keyframe is replayed and
+/// a NACK comes within a few round trips, so older packets would only hold memory.
 #[derive(Debug, Clone)]
 pub struct PacketHistory<P> {
-    slots: Vec<Option<(u16, P)>>,
+    slots: Vec<Option<(u16, Instant, P)>>,
     mask: u16,
     newest: Option<u16>,
+    /// Where eviction by age resumes: no packet before it (in the window) is kept.
+    oldest: Option<u16>,
+    max_age: Option<Duration>,
     /// The newest keyframe's first packet and when it arrived.
     keyframe: Option<(u16, Instant)>,
 }
@@ -235,8 +242,16 @@ impl<P> PacketHistory<P> {
             slots: std::iter::repeat_with(|| None).take(capacity).collect(),
             mask: (capacity - 1) as u16,
             newest: None,
+            oldest: None,
+            max_age: None,
             keyframe: None,
         }
+    }
+
+    /// Also drops packets that arrived more than `max_age` before the newest one.
+    pub fn with_max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
     }
 
     fn capacity(&self) -> u16 {
@@ -260,7 +275,8 @@ impl<P> PacketHistory<P> {
             }
             _ => self.newest = Some(seq),
         }
-        self.slots[(seq & self.mask) as usize] = Some((seq, packet));
+        self.slots[(seq & self.mask) as usize] = Some((seq, now, packet));
+        self.evict_older_than(now);
         if keyframe_start
             && self
                 .keyframe
@@ -270,10 +286,36 @@ impl<P> PacketHistory<P> {
         }
     }
 
+    /// Walks from the oldest kept packet towards the newest, dropping what is too old;
+    /// amortised one step per inserted packet.
+    fn evict_older_than(&mut self, now: Instant) {
+        let (Some(max_age), Some(newest)) = (self.max_age, self.newest) else {
+            return;
+        };
+        let first_in_window = newest.wrapping_sub(self.capacity() - 1);
+        let mut seq = match self.oldest {
+            Some(o) if self.in_window(o) => o,
+            _ => first_in_window,
+        };
+        while seq != newest {
+            let slot = &mut self.slots[(seq & self.mask) as usize];
+            if let Some((s, at, _)) = slot
+                && *s == seq
+            {
+                if now.saturating_duration_since(*at) <= max_age {
+                    break;
+                }
+                *slot = None;
+            }
+            seq = seq.wrapping_add(1);
+        }
+        self.oldest = Some(seq);
+    }
+
     /// The packet with this sequence number, if it is still kept.
     pub fn get(&self, seq: u16) -> Option<&P> {
         match &self.slots[(seq & self.mask) as usize] {
-            Some((s, p)) if *s == seq && self.in_window(seq) => Some(p),
+            Some((s, _, p)) if *s == seq && self.in_window(seq) => Some(p),
             _ => None,
         }
     }
@@ -282,7 +324,7 @@ impl<P> PacketHistory<P> {
     /// of it may still be kept.
     pub fn keyframe_since(&self, since: Instant) -> Option<u16> {
         let (seq, at) = self.keyframe?;
-        (at >= since && self.in_window(seq)).then_some(seq)
+        (at >= since && self.get(seq).is_some()).then_some(seq)
     }
 
     /// The packets kept after `seq` (exclusive), in sequence order; gaps are skipped.
@@ -406,6 +448,37 @@ mod tests {
             vec!["k2", "k3", "d1"]
         );
         assert_eq!(h.after(1).count(), 0, "nothing after the newest");
+    }
+
+    #[test]
+    fn history_drops_packets_older_than_its_max_age() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut h = PacketHistory::new(16).with_max_age(Duration::from_millis(100));
+        h.insert(65534, "a", true, ms(0));
+        h.insert(65535, "b", false, ms(50));
+        h.insert(1, "d", false, ms(60)); // 0 is lost
+        assert_eq!(h.get(65534), Some(&"a"));
+        h.insert(2, "e", false, ms(140));
+        assert_eq!(
+            h.get(65534),
+            None,
+            "older than 100 ms at the newest's arrival"
+        );
+        assert_eq!(h.get(65535), Some(&"b"), "90 ms old: kept");
+        h.insert(0, "c", false, ms(145)); // a late retransmission of the lost one
+        h.insert(3, "f", false, ms(400));
+        assert_eq!(h.after(65533).copied().collect::<Vec<_>>(), vec!["f"]);
+        assert_eq!(
+            h.keyframe_since(ms(0)),
+            None,
+            "the keyframe is gone with its packets"
+        );
+        // Without a max age only the capacity bounds it.
+        let mut h = PacketHistory::new(4);
+        h.insert(1, (), false, ms(0));
+        h.insert(2, (), false, ms(10_000));
+        assert_eq!(h.get(1), Some(&()));
     }
 
     #[test]
