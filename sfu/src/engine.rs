@@ -12,6 +12,7 @@ use crate::codec::VideoCodec;
 use crate::demux::Demux;
 use crate::feedback::FeedbackForApplication;
 use crate::forwarding::{DownTrack, KeyframeRequests, MediaKind, PacketHistory, Rewrite};
+use crate::udp_batch::SendBatch;
 use crate::{SfuConfig, SfuError, SfuMetrics};
 use bytes::{Bytes, BytesMut};
 use rtc::interceptor::{
@@ -240,6 +241,7 @@ impl Sfu {
             dirty: Vec::new(),
             next_key: 0,
             scratch: Vec::new(),
+            batch: SendBatch::new(),
         };
         Ok((
             Self {
@@ -442,6 +444,30 @@ struct Engine {
     next_key: u64,
     /// Reused per-datagram buffer of a peer's inbound messages.
     scratch: Vec<RTCMessage>,
+    /// Outgoing datagrams of one flush, sent with one system call (`sendmmsg` on Linux).
+    /// Empty between flushes.
+    batch: SendBatch<BytesMut>,
+}
+
+/// The most datagrams a flush holds before sending them: bounds what waits in memory
+/// when a flush has a burst to send (a keyframe replayed to a joiner).
+const MAX_FLUSH_BATCH: usize = 256;
+
+/// Sends a batch and counts what was dropped, as a per-datagram send would have.
+fn send_counted(batch: &mut SendBatch<BytesMut>, socket: &UdpSocket, metrics: &SfuMetrics) {
+    let report = batch.send(socket);
+    if report.would_block > 0 {
+        metrics
+            .fast
+            .dropped_socket_full
+            .inc_by(report.would_block as u64);
+    }
+    if report.failed > 0 {
+        metrics.fast.dropped_send_error.inc_by(report.failed as u64);
+        if let Some(e) = &report.last_error {
+            tracing::trace!(error = %e, failed = report.failed, "media send failed");
+        }
+    }
 }
 
 fn random_token(len: usize) -> String {
@@ -1420,7 +1446,8 @@ impl Engine {
         }
     }
 
-    /// Sends what dirty peers queued and refreshes their timer deadlines.
+    /// Sends what dirty peers queued, all peers' datagrams in one batch, and refreshes
+    /// their timer deadlines.
     fn flush(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
@@ -1430,15 +1457,9 @@ impl Engine {
                 continue;
             };
             while let Some(out) = peer.pc.poll_write() {
-                if let Err(e) = self
-                    .socket
-                    .try_send_to(&out.message, out.transport.peer_addr)
-                {
-                    if e.kind() == std::io::ErrorKind::WouldBlock {
-                        self.metrics.fast.dropped_socket_full.inc();
-                    } else {
-                        self.metrics.fast.dropped_send_error.inc();
-                    }
+                self.batch.push(out.transport.peer_addr, out.message);
+                if self.batch.len() >= MAX_FLUSH_BATCH {
+                    send_counted(&mut self.batch, &self.socket, &self.metrics);
                 }
             }
             let next = peer.pc.poll_timeout();
@@ -1453,6 +1474,7 @@ impl Engine {
             }
         }
         self.dirty = dirty;
+        send_counted(&mut self.batch, &self.socket, &self.metrics);
     }
 
     /// Removes a peer; `reason` is set when the engine (not the client) decided it.
@@ -1515,12 +1537,12 @@ impl Engine {
             }
         }
         // Send the DTLS close alert while we still can route it.
+        // Best effort and not counted, as before; the batch is empty outside `flush`.
         let _ = peer.pc.close();
         while let Some(out) = peer.pc.poll_write() {
-            let _ = self
-                .socket
-                .try_send_to(&out.message, out.transport.peer_addr);
+            self.batch.push(out.transport.peer_addr, out.message);
         }
+        let _ = self.batch.send(&self.socket);
         tracing::info!(peer = %peer.id, reason = reason.unwrap_or("left"), "media peer removed");
         if let Some(reason) = reason {
             peer.emit(PeerEvent::Closed { reason });
