@@ -12,6 +12,7 @@ use crate::codec::VideoCodec;
 use crate::demux::Demux;
 use crate::feedback::FeedbackForApplication;
 use crate::forwarding::{DownTrack, KeyframeRequests, MediaKind, PacketHistory, Rewrite};
+use crate::udp_batch::SendBatch;
 use crate::{SfuConfig, SfuError, SfuMetrics};
 use bytes::{Bytes, BytesMut};
 use rtc::interceptor::{
@@ -240,6 +241,7 @@ impl Sfu {
             dirty: Vec::new(),
             next_key: 0,
             scratch: Vec::new(),
+            batch: SendBatch::new(),
         };
         Ok((
             Self {
@@ -447,6 +449,31 @@ struct Engine {
     next_key: u64,
     /// Reused per-datagram buffer of a peer's inbound messages.
     scratch: Vec<RTCMessage>,
+    /// Outgoing datagrams of one flush, sent with one system call (`sendmmsg` on Linux).
+    /// Filled by [`send_queued`] (a burst may pass through it before the flush) and empty
+    /// after each flush.
+    batch: SendBatch<BytesMut>,
+}
+
+/// The most datagrams a flush holds before sending them: bounds what waits in memory
+/// when a flush has a burst to send (a keyframe replayed to a joiner).
+const MAX_FLUSH_BATCH: usize = 256;
+
+/// Sends a batch and counts what was dropped, as a per-datagram send would have.
+fn send_counted(batch: &mut SendBatch<BytesMut>, socket: &UdpSocket, metrics: &SfuMetrics) {
+    let report = batch.send(socket);
+    if report.would_block > 0 {
+        metrics
+            .fast
+            .dropped_socket_full
+            .inc_by(report.would_block as u64);
+    }
+    if report.failed > 0 {
+        metrics.fast.dropped_send_error.inc_by(report.failed as u64);
+        if let Some(e) = &report.last_error {
+            tracing::trace!(error = %e, failed = report.failed, "media send failed");
+        }
+    }
 }
 
 fn random_token(len: usize) -> String {
@@ -1233,6 +1260,7 @@ impl Engine {
             metrics,
             dirty,
             socket,
+            batch,
             ..
         } = self;
         let Some(peer) = peers.get_mut(&subscriber) else {
@@ -1273,7 +1301,7 @@ impl Engine {
                 .enumerate()
             {
                 if i % BURST_DRAIN == BURST_DRAIN - 1 {
-                    send_queued(socket, &mut peer.pc, &metrics.fast);
+                    send_queued(batch, socket, &mut peer.pc, metrics);
                 }
                 let Ok(rewrite) =
                     sub.down
@@ -1293,7 +1321,7 @@ impl Engine {
                 );
             }
             // The next track's replay (a joiner starts all of them at once) starts empty.
-            send_queued(socket, &mut peer.pc, &metrics.fast);
+            send_queued(batch, socket, &mut peer.pc, metrics);
         }
         dirty.push(subscriber);
         sent
@@ -1315,6 +1343,7 @@ impl Engine {
             metrics,
             dirty,
             socket,
+            batch,
             ..
         } = self;
         let (Some(peer), Some(history)) = (
@@ -1333,7 +1362,7 @@ impl Engine {
         for pair in &nack.nacks {
             for out_seq in *pair {
                 if written % BURST_DRAIN == BURST_DRAIN - 1 {
-                    send_queued(socket, &mut peer.pc, &metrics.fast);
+                    send_queued(batch, socket, &mut peer.pc, metrics);
                 }
                 let original = sub.down.source_of(out_seq).and_then(|seq| history.get(seq));
                 let Some(original) = original else {
@@ -1439,7 +1468,8 @@ impl Engine {
         }
     }
 
-    /// Sends what dirty peers queued and refreshes their timer deadlines.
+    /// Sends what dirty peers queued, all peers' datagrams in one batch, and refreshes
+    /// their timer deadlines.
     fn flush(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
@@ -1448,7 +1478,7 @@ impl Engine {
             let Some(peer) = self.peers.get_mut(&key) else {
                 continue;
             };
-            send_queued(&self.socket, &mut peer.pc, &self.metrics.fast);
+            send_queued(&mut self.batch, &self.socket, &mut peer.pc, &self.metrics);
             let next = peer.pc.poll_timeout();
             if next != peer.deadline {
                 if let Some(old) = peer.deadline {
@@ -1461,6 +1491,7 @@ impl Engine {
             }
         }
         self.dirty = dirty;
+        send_counted(&mut self.batch, &self.socket, &self.metrics);
     }
 
     /// Removes a peer; `reason` is set when the engine (not the client) decided it.
@@ -1523,12 +1554,12 @@ impl Engine {
             }
         }
         // Send the DTLS close alert while we still can route it.
+        // Best effort and not counted, as before; the batch is empty outside `flush`.
         let _ = peer.pc.close();
         while let Some(out) = peer.pc.poll_write() {
-            let _ = self
-                .socket
-                .try_send_to(&out.message, out.transport.peer_addr);
+            self.batch.push(out.transport.peer_addr, out.message);
         }
+        let _ = self.batch.send(&self.socket);
         tracing::info!(peer = %peer.id, reason = reason.unwrap_or("left"), "media peer removed");
         if let Some(reason) = reason {
             peer.emit(PeerEvent::Closed { reason });
@@ -1577,19 +1608,18 @@ fn interceptors(media_engine: &mut MediaEngine) -> Result<Registry, rtc::shared:
 /// most of the server's memory per participant (docs/benchmarks.md).
 const BURST_DRAIN: usize = 32;
 
-/// Sends every datagram `pc` has queued (one `sendto` each; a full socket drops, counted).
+/// Moves every datagram `pc` has queued into `batch`, sending the batch whenever it holds
+/// [`MAX_FLUSH_BATCH`]; [`Engine::flush`] sends the rest.
 fn send_queued(
+    batch: &mut SendBatch<BytesMut>,
     socket: &UdpSocket,
     pc: &mut RTCPeerConnection,
-    fast: &crate::metrics::FastCounters,
+    metrics: &SfuMetrics,
 ) {
     while let Some(out) = pc.poll_write() {
-        if let Err(e) = socket.try_send_to(&out.message, out.transport.peer_addr) {
-            if e.kind() == std::io::ErrorKind::WouldBlock {
-                fast.dropped_socket_full.inc();
-            } else {
-                fast.dropped_send_error.inc();
-            }
+        batch.push(out.transport.peer_addr, out.message);
+        if batch.len() >= MAX_FLUSH_BATCH {
+            send_counted(batch, socket, metrics);
         }
     }
 }
