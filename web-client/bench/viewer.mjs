@@ -145,6 +145,12 @@ function frameRequestTimings(page) {
       ttfb_ms: p50((e) => e.responseStart - e.requestStart),
       transfer_ms: p50((e) => e.responseEnd - e.responseStart),
       total_ms: p50((e) => e.duration),
+      // First request's start to the last response's end, and how many were in flight on
+      // average over it (6 = every connection always busy).
+      span_ms: list.length ? Math.round(Math.max(...list.map((e) => e.responseEnd)) - Math.min(...list.map((e) => e.startTime))) : null,
+      mean_in_flight: list.length
+        ? Math.round((list.reduce((t, e) => t + e.duration, 0) / (Math.max(...list.map((e) => e.responseEnd)) - Math.min(...list.map((e) => e.startTime)))) * 100) / 100
+        : null,
     };
   });
 }
