@@ -475,3 +475,67 @@ async fn annotations_export_as_json_and_gsps() {
     drop(ana);
     server.shutdown().await;
 }
+
+/// With auth on, the export follows the study store's rules: a token for the study's room to
+/// read (observers too), and not an observer's to store presentation states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotation_export_needs_a_token_for_the_studys_room() {
+    use consilium_signaling::{Role, TokenAuthority};
+    let secret = "gsps-test-secret";
+    let server = consilium::start(Config {
+        demo_study: true,
+        jwt_secret: Some(secret.into()),
+        ..Config::for_tests()
+    })
+    .await
+    .expect("server starts");
+    let auth = TokenAuthority::new(secret.as_bytes());
+    let ttl = Duration::from_secs(600);
+    let host = auth.issue("demo", "Dr H", Role::Host, ttl);
+    let observer = auth.issue("demo", "Obs", Role::Observer, ttl);
+    let elsewhere = auth.issue("other-room", "Dr X", Role::Host, ttl);
+    let bearer = |t: &str| vec![("Authorization", format!("Bearer {t}"))];
+    let studies = request(&server, "GET", "/dicomweb/studies", &bearer(&host), b"")
+        .await
+        .json();
+    let study = first_str(&studies[0], "0020000D");
+    assert!(!study.is_empty(), "{studies}");
+    let json_path = format!("/dicomweb/studies/{study}/annotations");
+    let gsps_path = format!("/dicomweb/studies/{study}/presentation-states");
+
+    let status = |r: Resp| r.status;
+    assert_eq!(status(get(&server, &json_path).await), 401, "no token");
+    assert_eq!(
+        status(request(&server, "GET", &json_path, &bearer("forged"), b"").await),
+        401
+    );
+    assert_eq!(
+        status(request(&server, "GET", &json_path, &bearer(&elsewhere), b"").await),
+        403,
+        "a token for another room"
+    );
+    assert_eq!(
+        status(request(&server, "GET", &json_path, &bearer(&observer), b"").await),
+        200,
+        "observers may read"
+    );
+    assert_eq!(
+        status(request(&server, "POST", &gsps_path, &[], b"").await),
+        401
+    );
+    assert_eq!(
+        status(request(&server, "POST", &gsps_path, &bearer(&elsewhere), b"").await),
+        403
+    );
+    assert_eq!(
+        status(request(&server, "POST", &gsps_path, &bearer(&observer), b"").await),
+        403,
+        "observers do not store"
+    );
+    // The room's host gets past the checks to the (empty) export itself.
+    assert_eq!(
+        status(request(&server, "POST", &gsps_path, &bearer(&host), b"").await),
+        409
+    );
+    server.shutdown().await;
+}
