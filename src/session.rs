@@ -416,7 +416,12 @@ impl Session {
             return Flow::Continue;
         };
         match event {
-            PeerEvent::Offer(sdp) => self.send(ServerMessage::Offer { sdp }),
+            PeerEvent::Offer(sdp) => {
+                // Offers grow with the room (an m-section per forwarded track) and must stay
+                // under the signaling frame limit: their size is worth seeing in the logs.
+                tracing::debug!(bytes = sdp.len(), "renegotiation offer");
+                self.send(ServerMessage::Offer { sdp })
+            }
             PeerEvent::Connection(state) => self.send(ServerMessage::MediaConnection {
                 state: match state {
                     ConnectionState::Connecting => MediaConnectionState::Connecting,
