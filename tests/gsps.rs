@@ -503,39 +503,52 @@ async fn annotation_export_needs_a_token_for_the_studys_room() {
     let json_path = format!("/dicomweb/studies/{study}/annotations");
     let gsps_path = format!("/dicomweb/studies/{study}/presentation-states");
 
-    let status = |r: Resp| r.status;
-    assert_eq!(status(get(&server, &json_path).await), 401, "no token");
-    assert_eq!(
-        status(request(&server, "GET", &json_path, &bearer("forged"), b"").await),
-        401
-    );
-    assert_eq!(
-        status(request(&server, "GET", &json_path, &bearer(&elsewhere), b"").await),
-        403,
-        "a token for another room"
-    );
-    assert_eq!(
-        status(request(&server, "GET", &json_path, &bearer(&observer), b"").await),
-        200,
-        "observers may read"
-    );
-    assert_eq!(
-        status(request(&server, "POST", &gsps_path, &[], b"").await),
-        401
-    );
-    assert_eq!(
-        status(request(&server, "POST", &gsps_path, &bearer(&elsewhere), b"").await),
-        403
-    );
-    assert_eq!(
-        status(request(&server, "POST", &gsps_path, &bearer(&observer), b"").await),
-        403,
-        "observers do not store"
-    );
-    // The room's host gets past the checks to the (empty) export itself.
-    assert_eq!(
-        status(request(&server, "POST", &gsps_path, &bearer(&host), b"").await),
-        409
-    );
+    // (method, path, token, expected status, why)
+    let cases: [(&str, &str, Option<&str>, u16, &str); 8] = [
+        ("GET", &json_path, None, 401, "no token"),
+        ("GET", &json_path, Some("forged"), 401, "a forged token"),
+        (
+            "GET",
+            &json_path,
+            Some(&elsewhere),
+            403,
+            "a token for another room",
+        ),
+        (
+            "GET",
+            &json_path,
+            Some(&observer),
+            200,
+            "observers may read",
+        ),
+        ("POST", &gsps_path, None, 401, "no token"),
+        (
+            "POST",
+            &gsps_path,
+            Some(&elsewhere),
+            403,
+            "a token for another room",
+        ),
+        (
+            "POST",
+            &gsps_path,
+            Some(&observer),
+            403,
+            "observers do not store",
+        ),
+        // The room's host gets past the checks to the (empty) export itself.
+        (
+            "POST",
+            &gsps_path,
+            Some(&host),
+            409,
+            "the host, nothing drawn yet",
+        ),
+    ];
+    for (method, path, token, expected, why) in cases {
+        let headers = token.map(bearer).unwrap_or_default();
+        let got = request(&server, method, path, &headers, b"").await;
+        assert_eq!(got.status, expected, "{method} {path}: {why}");
+    }
     server.shutdown().await;
 }
