@@ -10,7 +10,9 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use consilium_sfu::{ConnectionState, IceCandidateInit, JoinRequest, PeerEvent, SfuError};
 use consilium_signaling::collab::{Collaborator, collab_type};
-use consilium_signaling::protocol::{IceCandidate, MAX_FRAME_BYTES, MediaConnectionState};
+use consilium_signaling::protocol::{
+    IceCandidate, MAX_DATA_MESSAGE_BYTES, MAX_FRAME_BYTES, MediaConnectionState,
+};
 use consilium_signaling::{
     ClientMessage, PROTOCOL_VERSION, ParticipantId, ServerMessage, SignalingError, validate,
 };
@@ -452,11 +454,11 @@ impl Session {
     async fn relay_data(&self, room: &str, who: &Collaborator, text: bool, data: Bytes) {
         let from = &who.id;
         let by_type = &self.state.metrics.data_channel_by_type;
-        if data.len() > MAX_FRAME_BYTES {
+        if data.len() > MAX_DATA_MESSAGE_BYTES {
             by_type.with_label_values(&["invalid"]).inc();
             let error = serde_json::json!({"error": {
                 "code": "message_too_big",
-                "message": format!("data channel messages are at most {MAX_FRAME_BYTES} bytes")
+                "message": format!("data channel messages are at most {MAX_DATA_MESSAGE_BYTES} bytes")
             }});
             self.state
                 .sfu

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "test-secret";
-const MAX_FRAME: usize = 64 * 1024;
+const MAX_FRAME: usize = consilium_signaling::protocol::MAX_FRAME_BYTES;
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -183,6 +183,23 @@ async fn message_over_64_kib_closes_with_1009() {
     stop(server).await;
 }
 
+/// A big room's session descriptions (an m-section per forwarded track) pass 64 KiB: such
+/// a frame is read and answered, not treated as oversized.
+#[tokio::test]
+async fn a_100_kb_answer_is_read_not_refused_as_too_big() {
+    let server = start_open().await;
+    let mut ws = connect(&server).await;
+    join_ok(&mut ws, "board", "Dr A", None).await;
+    let sdp = format!("v=0\r\n{}", "a=x\r\n".repeat(100 * 1024 / 5));
+    assert!(sdp.len() > 64 * 1024 && sdp.len() < MAX_FRAME);
+    send_json(&mut ws, &serde_json::json!({"type": "answer", "sdp": sdp})).await;
+    // No offer was pending: refused with a reason, and the socket stays open.
+    let msg = reply(&mut ws).await;
+    assert_eq!(msg["type"], "error", "{msg}");
+    assert_open(&mut ws).await;
+    stop(server).await;
+}
+
 #[tokio::test]
 async fn oversized_join_after_joining_closes_with_1009() {
     let server = start_open().await;
@@ -206,7 +223,7 @@ async fn message_over_the_transport_limit_closes_with_1009() {
 }
 
 #[tokio::test]
-async fn binary_frame_over_64_kib_closes_with_1009() {
+async fn binary_frame_over_the_limit_closes_with_1009() {
     let server = start_open().await;
     let mut ws = connect(&server).await;
     ws.send(Message::binary(padded_ping(MAX_FRAME + 1).into_bytes()))

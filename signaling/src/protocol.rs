@@ -10,8 +10,14 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this server speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Largest signaling frame accepted; a bigger one closes the socket with 1009.
-pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Largest signaling frame accepted; a bigger one closes the socket with 1009. Session
+/// descriptions carry an m-section per forwarded track: a renegotiation answer in a
+/// 14-person board is ~24 KB, so 64 KiB (the old limit) broke rooms above ~35 participants,
+/// under the default room cap of 50.
+pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+
+/// Largest data-channel message: SCTP's default maximum message size in browsers.
+pub const MAX_DATA_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// An ICE candidate as the browser's `RTCIceCandidateInit` serialises it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
