@@ -86,10 +86,16 @@ fn invite(args: InviteArgs) -> anyhow::Result<()> {
     };
     validate::room_name(room).map_err(|e| anyhow::anyhow!("{e}"))?;
     let name = validate::display_name(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let Some(id) = &user_id
-        && (id.is_empty() || id.len() > 128 || id.chars().any(char::is_control))
-    {
-        bail!("--user-id is 1-128 characters without control characters");
+    if let Some(id) = &user_id {
+        if id.is_empty() {
+            bail!("--user-id must not be empty");
+        }
+        consilium_signaling::check_sub(id).map_err(|_| {
+            anyhow::anyhow!(
+                "--user-id is at most {} bytes without control characters",
+                consilium_signaling::auth::MAX_SUB_BYTES
+            )
+        })?;
     }
     let token = TokenAuthority::new(secret.as_bytes()).issue_for(
         room,

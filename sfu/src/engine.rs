@@ -1361,9 +1361,6 @@ impl Engine {
         let mut written = 0usize;
         for pair in &nack.nacks {
             for out_seq in *pair {
-                if written % BURST_DRAIN == BURST_DRAIN - 1 {
-                    send_queued(batch, socket, &mut peer.pc, metrics);
-                }
                 let original = sub.down.source_of(out_seq).and_then(|seq| history.get(seq));
                 let Some(original) = original else {
                     metrics.resent_missing.inc();
@@ -1382,6 +1379,9 @@ impl Engine {
                 ) {
                     metrics.resent.inc();
                     written += 1;
+                    if written.is_multiple_of(BURST_DRAIN) {
+                        send_queued(batch, socket, &mut peer.pc, metrics);
+                    }
                 }
             }
         }
@@ -1553,13 +1553,11 @@ impl Engine {
                 self.dirty.push(subscriber);
             }
         }
-        // Send the DTLS close alert while we still can route it.
-        // Best effort and not counted, as before; the batch is empty outside `flush`.
+        // Send the DTLS close alert while we still can route it (with whatever of the
+        // others' output `send_queued` has already put in the batch).
         let _ = peer.pc.close();
-        while let Some(out) = peer.pc.poll_write() {
-            self.batch.push(out.transport.peer_addr, out.message);
-        }
-        let _ = self.batch.send(&self.socket);
+        send_queued(&mut self.batch, &self.socket, &mut peer.pc, &self.metrics);
+        send_counted(&mut self.batch, &self.socket, &self.metrics);
         tracing::info!(peer = %peer.id, reason = reason.unwrap_or("left"), "media peer removed");
         if let Some(reason) = reason {
             peer.emit(PeerEvent::Closed { reason });
@@ -1598,10 +1596,6 @@ fn interceptors(media_engine: &mut MediaEngine) -> Result<Registry, rtc::shared:
         .with(Slot::from(14_000), FeedbackForApplication::default()))
 }
 
-/// Writes one packet to a subscriber's sender under its rewritten header. The header is
-/// built, not cloned: extension ids are per connection (the publisher's would mean other
-/// things, or misroute by MID, on the subscriber's), and not copying them saves an
-/// allocation per packet and subscriber.
 /// Most packets written into one connection before its output is sent: `rtc`'s handler
 /// queues keep the capacity of the largest burst they ever held for as long as the
 /// connection lives (a joiner's keyframe replay of every track, a long NACK), which was
@@ -1624,6 +1618,10 @@ fn send_queued(
     }
 }
 
+/// Writes one packet to a subscriber's sender under its rewritten header. The header is
+/// built, not cloned: extension ids are per connection (the publisher's would mean other
+/// things, or misroute by MID, on the subscriber's), and not copying them saves an
+/// allocation per packet and subscriber.
 fn write_forwarded(
     sender: Option<rtc::rtp_transceiver::rtp_sender::RTCRtpSender<'_>>,
     packet: &rtc::rtp::Packet,

@@ -17,7 +17,7 @@ pub mod protocol;
 pub mod room;
 pub mod validate;
 
-pub use auth::{Claims, TokenAuthority};
+pub use auth::{Claims, TokenAuthority, check_sub};
 pub use error::{ErrorCode, SignalingError};
 pub use participant::{ParticipantId, ParticipantInfo, Role};
 pub use protocol::{ClientMessage, PROTOCOL_VERSION, ServerMessage};
