@@ -76,6 +76,50 @@ async fn stow_one(server: &Server, room: &str, bytes: &[u8]) -> Resp {
     .await
 }
 
+/// The parts of a multipart/related response, each as (its headers, its body), read by
+/// Content-Length as the viewer reads them.
+fn parts(resp: &Resp) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
+    let ct = resp.header("content-type").expect("a content type");
+    assert!(ct.starts_with("multipart/related"), "{ct}");
+    let boundary = ct
+        .split("boundary=")
+        .nth(1)
+        .expect("a boundary")
+        .trim_matches('"');
+    let delimiter = format!("--{boundary}");
+    let mut rest = &resp.body[..];
+    let mut out = Vec::new();
+    loop {
+        while rest.starts_with(b"\r\n") {
+            rest = &rest[2..];
+        }
+        if rest.starts_with(format!("{delimiter}--").as_bytes()) {
+            return out;
+        }
+        let end = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("part headers end");
+        let head = String::from_utf8_lossy(&rest[..end]).to_string();
+        let mut lines = head.split("\r\n");
+        assert_eq!(lines.next(), Some(delimiter.as_str()));
+        let headers: BTreeMap<String, String> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let len: usize = headers["content-length"].parse().unwrap();
+        rest = &rest[end + 4..];
+        out.push((headers, rest[..len].to_vec()));
+        rest = &rest[len..];
+    }
+}
+
+/// The batch (series-level frames) URL for frames of instances, from an instance's URL.
+fn batch_url(instance_url: &str, entries: &[String]) -> String {
+    let (series, _) = instance_url.split_once("/instances/").unwrap();
+    format!("{series}/frames?instances={}", entries.join(","))
+}
+
 fn seq<'a>(v: &'a Value, tag: &str) -> Vec<&'a Value> {
     v[tag]["Value"]
         .as_array()
@@ -235,6 +279,18 @@ async fn check_decoded(server: &Server, retrieve: &str, r: &Value) -> Result<(),
             beyond.status
         ));
     }
+    // The same frames through the series-level batch request, one part each.
+    let sop = retrieve.rsplit('/').next().unwrap();
+    let wanted: Vec<String> = (1..=frames.min(64)).map(|n| format!("{sop}:{n}")).collect();
+    let batch = get(server, &batch_url(retrieve, &wanted), None).await;
+    if batch.status != 200 {
+        return Err(format!("batch: HTTP {}", batch.status));
+    }
+    let got: Vec<u8> = parts(&batch).into_iter().flat_map(|(_, b)| b).collect();
+    let per_frame = all.len() / frames as usize;
+    if got[..] != all[..per_frame * wanted.len()] {
+        return Err("batch frames differ from single-frame responses".into());
+    }
     let width = if bits == 1 { 1 } else { bits / 8 };
     let expected_len = rows * cols * spp * frames * width;
     if all.len() as u64 != expected_len {
@@ -342,6 +398,23 @@ async fn every_reference_file_through_stow_and_wado() {
                 "{name}: frames answered {}",
                 f.status
             );
+            // In a batch the same frame is one part: the pixels, or (once the response
+            // has started) its reason as JSON.
+            let sop = url.rsplit('/').next().unwrap().to_owned();
+            let batch = get(&server, &batch_url(&url, &[sop]), None).await;
+            assert_eq!(batch.status, 200, "{name}: batch");
+            let p = parts(&batch);
+            assert_eq!(p.len(), 1, "{name}: one part");
+            if f.status == 200 {
+                assert_eq!(p[0].1, f.body, "{name}: batch part = frame");
+            } else {
+                assert_eq!(p[0].0["content-type"], "application/json", "{name}");
+                let why: Value = serde_json::from_slice(&p[0].1).unwrap();
+                assert!(
+                    why["error"].as_str().is_some_and(|e| !e.is_empty()),
+                    "{name}"
+                );
+            }
             report.push(format!("{name}: stored (frames: HTTP {})", f.status));
             continue;
         }
@@ -517,6 +590,56 @@ async fn qido_slice_order_idempotence_and_restart() {
     assert_eq!(frame.body.len(), 16 * 16 * 2);
     assert_eq!(u16::from_le_bytes([frame.body[2], frame.body[3]]), 3);
 
+    // Several instances' frames in one response, in the order asked, each part named.
+    let batch_path = format!(
+        "/dicomweb/studies/{STUDY}/series/{SERIES}/frames?instances={SERIES}.3,{SERIES}.1:1,{SERIES}.5"
+    );
+    let batch = get(&server, &batch_path, None).await;
+    assert_eq!(
+        batch.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&batch.body)
+    );
+    let got = parts(&batch);
+    assert_eq!(got.len(), 3);
+    for ((headers, body), n) in got.iter().zip([3u16, 1, 5]) {
+        assert_eq!(
+            headers["content-location"],
+            format!("/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SERIES}.{n}/frames/1")
+        );
+        assert!(headers["content-type"].contains("transfer-syntax=1.2.840.10008.1.2.1"));
+        assert_eq!(body.len(), 16 * 16 * 2);
+        assert_eq!(u16::from_le_bytes([body[2], body[3]]), n);
+    }
+    let etag = batch.header("etag").expect("an ETag").to_owned();
+    let again = request(&server, "GET", &batch_path, &[("If-None-Match", etag)], b"").await;
+    assert_eq!(
+        again.status, 304,
+        "a batch the browser holds is not sent again"
+    );
+    let series_frames = format!("/dicomweb/studies/{STUDY}/series/{SERIES}/frames");
+    for (query, status) in [
+        (String::new(), 400),
+        (format!("?instances={SERIES}.9"), 404),
+        (format!("?instances={SERIES}.1:2"), 404),
+        (format!("?instances={SERIES}.1:0"), 400),
+        (format!("?instances={SERIES}.1;DROP"), 400),
+        (
+            format!("?instances={}", vec![format!("{SERIES}.1"); 65].join(",")),
+            400,
+        ),
+    ] {
+        let r = get(&server, &format!("{series_frames}{query}"), None).await;
+        assert_eq!(
+            r.status,
+            status,
+            "{query}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(r.json()["error"].as_str().is_some(), "{query}: a reason");
+    }
+
     // A zip of the series goes into the same study idempotently; a zip with junk refuses it.
     let mut zip_bytes = std::io::Cursor::new(Vec::new());
     {
@@ -689,6 +812,10 @@ async fn rooms_are_isolated_when_auth_is_on() {
     assert_eq!(get(&server, &path, Some(&observer_a)).await.status, 200);
     let frame = format!("/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SERIES}.1/frames/1");
     assert_eq!(get(&server, &frame, Some(&b)).await.status, 403);
+    let batch = format!("/dicomweb/studies/{STUDY}/series/{SERIES}/frames?instances={SERIES}.1");
+    assert_eq!(get(&server, &batch, None).await.status, 401);
+    assert_eq!(get(&server, &batch, Some(&b)).await.status, 403);
+    assert_eq!(get(&server, &batch, Some(&observer_a)).await.status, 200);
     assert_eq!(
         get(&server, &format!("{frame}?token={a}"), None)
             .await

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use consilium_signaling::{Role, SignalingError};
+use futures_util::StreamExt;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +34,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/studies/{study}/series/{series}/metadata",
             get(series_metadata),
+        )
+        .route(
+            "/studies/{study}/series/{series}/frames",
+            get(retrieve_series_frames),
         )
         .route(
             "/studies/{study}/series/{series}/instances/{sop}",
@@ -472,15 +477,8 @@ async fn retrieve_frames(
     let etag =
         HeaderValue::from_str(&etag).map_err(|_| ApiError::BadRequest("frame list".into()))?;
     let cache = HeaderValue::from_static("private, no-cache");
-    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii() == etag.as_bytes())
-    }) {
-        let mut resp = StatusCode::NOT_MODIFIED.into_response();
-        resp.headers_mut().insert(header::ETAG, etag);
-        resp.headers_mut().insert(header::CACHE_CONTROL, cache);
-        return Ok(resp);
+    if if_none_match(&headers, &etag) {
+        return Ok(not_modified(etag, cache));
     }
     let store = state.studies.clone();
     let parts = blocking(move || {
@@ -527,4 +525,164 @@ async fn retrieve_frames(
         body,
     )
         .into_response())
+}
+
+/// Most frames one series-level frame request may name: a 512×512 CT slice is 512 KiB, so a
+/// full batch is 32 MiB on the wire (streamed, not held), and the URL stays under 5 KB.
+pub const MAX_BATCH_FRAMES: usize = 64;
+
+/// The `instances` list of a series-level frame request: `SOP[:frame]` (frame 1 when left
+/// out), comma-separated, in the order the client wants them.
+fn batch_list(list: Option<&String>) -> Result<Vec<(String, u32)>, ApiError> {
+    let list = list.map(|s| s.trim()).unwrap_or_default();
+    if list.is_empty() {
+        return Err(ApiError::BadRequest(
+            "name the frames: ?instances=SOP[:frame],...".into(),
+        ));
+    }
+    let entries: Vec<&str> = list.split(',').map(str::trim).collect();
+    if entries.len() > MAX_BATCH_FRAMES {
+        return Err(ApiError::BadRequest(format!(
+            "{} frames asked for, at most {MAX_BATCH_FRAMES} a request",
+            entries.len()
+        )));
+    }
+    entries
+        .into_iter()
+        .map(|e| {
+            let (sop, frame) = match e.split_once(':') {
+                Some((sop, n)) => (sop, n.parse::<u32>().ok().filter(|n| *n > 0)),
+                None => (e, Some(1)),
+            };
+            let uid_like = !sop.is_empty()
+                && sop.len() <= 64
+                && sop.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+            match frame {
+                Some(n) if uid_like => Ok((sop.to_owned(), n)),
+                _ => Err(ApiError::BadRequest(format!(
+                    "'{}' is not SOP[:frame] (a UID, frames numbered from 1)",
+                    e.chars().take(80).collect::<String>()
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// Consilium extension (docs/dicomweb.md): `GET .../series/{series}/frames?instances=...`,
+/// the decoded frames of several instances of one series in one multipart/related response,
+/// each part as `.../frames/{n}` would answer it. A viewer opening a CT needs a frame from each
+/// of a few hundred single-frame instances; one request per frame costs the browser more
+/// than the bytes do (measured in docs/benchmarks.md). Parts are streamed in the order asked,
+/// each with `Content-Location` and `Content-Length`; a frame that cannot be decoded once the
+/// response has started becomes a JSON part with its reason, the rest still follow.
+async fn retrieve_series_frames(
+    State(state): State<AppState>,
+    Path((study, series)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = caller(&state, &headers, &q)?;
+    let wanted = batch_list(q.get("instances"))?;
+    authorize_study(&state.studies, &who, &study).await?;
+    let store = state.studies.clone();
+    let (st, se) = (study.clone(), series.clone());
+    let rows = blocking(move || {
+        wanted
+            .into_iter()
+            .map(|(sop, n)| match store.instance(&st, &se, &sop)? {
+                Some(row) if n <= row.record.frames.unwrap_or(1).max(1) => Ok((row, n)),
+                Some(row) => Err(ApiError::NotFound(format!(
+                    "instance {sop} has {} frame(s), not {n}",
+                    row.record.frames.unwrap_or(1).max(1)
+                ))),
+                None => Err(ApiError::NotFound(format!(
+                    "no instance {sop} in this series"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    let etag = {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for (row, n) in &rows {
+            h.update(row.sha256.as_bytes());
+            h.update(n.to_le_bytes());
+        }
+        let hex: String = h.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        HeaderValue::from_str(&format!("\"b-{hex}\"")).expect("hex is a header value")
+    };
+    let cache = HeaderValue::from_static("private, no-cache");
+    if if_none_match(&headers, &etag) {
+        return Ok(not_modified(etag, cache));
+    }
+    let boundary = "consilium-frames-5b3c";
+    let store = state.studies.clone();
+    let base = format!("/dicomweb/studies/{study}/series/{series}/instances");
+    // One frame decoded ahead of the one being sent: decoding and writing overlap.
+    let parts = futures_util::stream::iter(rows)
+        .map(move |(row, n)| {
+            let store = store.clone();
+            async move {
+                let sop = row.record.sop_uid.clone();
+                (sop, n, blocking(move || Ok(store.frame(&row, n)?)).await)
+            }
+        })
+        .buffered(2)
+        .map(move |(sop, n, frame)| {
+            let location = format!("{base}/{sop}/frames/{n}");
+            let (kind, body) = match frame {
+                Ok(f) => (FRAME_TYPE, bytes::Bytes::from_owner(CachedFrame(f))),
+                Err(e) => {
+                    tracing::warn!(%sop, frame = n, error = %e, "frame of a batch failed");
+                    let j = serde_json::json!({ "error": e.to_string() }).to_string();
+                    ("application/json", bytes::Bytes::from(j))
+                }
+            };
+            let head = format!(
+                "--{boundary}\r\nContent-Type: {kind}\r\nContent-Location: {location}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            futures_util::stream::iter([
+                Ok::<_, std::convert::Infallible>(bytes::Bytes::from(head)),
+                Ok(body),
+                Ok(bytes::Bytes::from_static(b"\r\n")),
+            ])
+        })
+        .flatten()
+        .chain(futures_util::stream::once(async move {
+            Ok(bytes::Bytes::from(format!("--{boundary}--\r\n")))
+        }));
+    let ct = format!("multipart/related; type=\"application/octet-stream\"; boundary={boundary}");
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(&ct).expect("boundary is a header value"),
+            ),
+            (header::ETAG, etag),
+            (header::CACHE_CONTROL, cache),
+        ],
+        Body::from_stream(parts),
+    )
+        .into_response())
+}
+
+/// Whether the request's `If-None-Match` names `etag` (the client holds that response).
+fn if_none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
+    headers.get(header::IF_NONE_MATCH).is_some_and(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii() == etag.as_bytes())
+    })
+}
+
+fn not_modified(etag: HeaderValue, cache: HeaderValue) -> Response {
+    let mut resp = StatusCode::NOT_MODIFIED.into_response();
+    resp.headers_mut().insert(header::ETAG, etag);
+    resp.headers_mut().insert(header::CACHE_CONTROL, cache);
+    resp
 }

@@ -6,7 +6,8 @@
 //   node bench/viewer.mjs open   [--url URL] [--runs 10]             demo CT (120 × 512×512)
 //   node bench/viewer.mjs scroll [--url URL] [--runs 5] [--slices 200]
 //   node bench/viewer.mjs load   [--url URL] --pid PID [--viewers 20] [--rounds 3] [--runs 3]
-//   common: [--out DIR] (default bench/results)
+//   common: [--out DIR] (default bench/results); scroll: [--profile DIR] writes a CPU profile of
+//   the page per run (open in DevTools) and prints the functions with the most self time
 //
 // open:   each run opens a fresh browser context (no HTTP cache) on room `demo`; the viewer
 //         opens the study itself (navigation → first slice painted, → all slices in memory);
@@ -19,10 +20,10 @@
 //         counting the slices that were not painted in the frame they were asked for.
 // load:   --viewers headless HTTP clients (not browsers: 20 Chromium pages would saturate the
 //         2-core machine with rendering and measure the browser, not the server) each make the
-//         viewer's requests for the demo study: QIDO instances, then every frame from the
-//         middle slice outward, 6 at a time (the browser's per-host connection limit and the
-//         viewer's pool), then the full metadata. --rounds times each (a reload without an HTTP
-//         cache). The server's RSS is sampled from /proc/PID/status every 20 ms and
+//         viewer's requests for the demo study: QIDO instances, the middle slice alone, then
+//         the other frames outward in batch requests of 32, 2 at once (as js/viewer/series.js
+//         does), then the full metadata; a batched frame's latency is its batch's time over
+//         its frames. --rounds times each (a reload without an HTTP cache). The server's RSS is sampled from /proc/PID/status every 20 ms and
 //         process_resident_memory_bytes read from /metrics before, after, and 2 s after.
 //
 // Server: --url, else CONSILIUM_URL, else CONSILIUM_BIN started by tests/helpers.mjs.
@@ -134,7 +135,7 @@ async function storeSeries(url, room, slices) {
  */
 function frameRequestTimings(page) {
   return page.evaluate(() => {
-    const list = performance.getEntriesByType('resource').filter((e) => /\/frames\//.test(e.name));
+    const list = performance.getEntriesByType('resource').filter((e) => /\/frames[/?]/.test(e.name));
     const p50 = (f) => {
       const v = list.map(f).sort((a, b) => a - b);
       return v.length ? Math.round(v[Math.floor(v.length / 2)] * 10) / 10 : null;
@@ -155,7 +156,36 @@ function frameRequestTimings(page) {
   });
 }
 
-async function benchScroll(url, runs, slices, browser) {
+/** A CPU profile of the page's main thread (CDP Profiler), for --profile DIR. */
+async function startProfile(page, dir) {
+  mkdirSync(dir, { recursive: true });
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('Profiler.enable');
+  await cdp.send('Profiler.setSamplingInterval', { interval: 200 });
+  await cdp.send('Profiler.start');
+  return cdp;
+}
+
+/** Stops the profile, writes it (open in Chrome DevTools) and prints where self time went. */
+async function stopProfile(cdp, file) {
+  const { profile } = await cdp.send('Profiler.stop');
+  await cdp.detach();
+  writeFileSync(file, JSON.stringify(profile));
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const self = new Map();
+  const deltas = profile.timeDeltas;
+  profile.samples.forEach((id, k) => {
+    const f = byId.get(id).callFrame;
+    const key = `${f.functionName || '(anonymous)'} ${f.url.split('/').pop()}:${f.lineNumber + 1}`;
+    self.set(key, (self.get(key) ?? 0) + (deltas[k + 1] ?? 0) / 1000);
+  });
+  const total = [...self.values()].reduce((a, b) => a + b, 0);
+  const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25);
+  console.error(`profile ${file}: ${Math.round(total)} ms sampled`);
+  for (const [k, ms] of top) console.error(`  ${ms.toFixed(1).padStart(8)} ms  ${k}`);
+}
+
+async function benchScroll(url, runs, slices, browser, profileDir = null) {
   const room = uniqueRoom('bench-scroll');
   await storeSeries(url, room, slices);
   const rows = [];
@@ -164,9 +194,11 @@ async function benchScroll(url, runs, slices, browser) {
     const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
     await context.addInitScript(() => performance.setResourceTimingBufferSize(5000));
     const page = await context.newPage();
+    const profiler = profileDir ? await startProfile(page, profileDir) : null;
     await page.goto(callUrl(url, { room, name: `Scroller-${i}` }), { waitUntil: 'domcontentloaded' });
     try {
       const m = await metricsWhenLoaded(page);
+      if (profiler) await stopProfile(profiler, path.join(profileDir, `scroll-${i}.cpuprofile`));
       if (m.slices !== slices) throw new Error(`the viewer opened ${m.slices} slices, expected ${slices}`);
       const requests = await frameRequestTimings(page);
       // One slice per animation frame, as a fast wheel or a held arrow key asks for them: the
@@ -247,13 +279,26 @@ async function headlessViewer(url, latencies) {
     if (res.status !== 200 || buf.byteLength !== 512 * 512 * 2) throw new Error(`frame ${sops[index]}: ${res.status}, ${buf.byteLength} bytes`);
     latencies.push(performance.now() - t0);
   };
-  // The first slice alone (the viewer holds its neighbours back until it is on screen).
+  // The first slice alone (the viewer holds its neighbours back until it is on screen),
+  // then the rest outward in batches of 32, 2 at once, as js/viewer/series.js asks for them.
   await fetchFrame(order[0]);
-  let next = 1;
-  const worker = async () => {
-    while (next < order.length) await fetchFrame(order[next++]);
+  const batches = [];
+  for (let k = 1; k < order.length; k += 32) batches.push(order.slice(k, k + 32));
+  const fetchBatch = async (indices) => {
+    const t0 = performance.now();
+    const ids = indices.map((i) => sops[i]).join(',');
+    const res = await fetch(q(`/studies/${studyUid}/series/${seriesUid}/frames?instances=${ids}`), { headers: { Accept: FRAME_ACCEPT } });
+    const buf = await res.arrayBuffer();
+    // Each part: its headers (≈ 200 bytes) and the 512 KiB frame.
+    if (res.status !== 200 || buf.byteLength < indices.length * 512 * 512 * 2) throw new Error(`batch: ${res.status}, ${buf.byteLength} bytes`);
+    const perFrame = (performance.now() - t0) / indices.length;
+    for (let k = 0; k < indices.length; k++) latencies.push(perFrame);
   };
-  await Promise.all(Array.from({ length: 6 }, worker));
+  let next = 0;
+  const worker = async () => {
+    while (next < batches.length) await fetchBatch(batches[next++]);
+  };
+  await Promise.all(Array.from({ length: 2 }, worker));
   return json(`/studies/${studyUid}/series/${seriesUid}/metadata`);
 }
 
@@ -317,6 +362,7 @@ async function main() {
       url: { type: 'string' },
       runs: { type: 'string' },
       slices: { type: 'string', default: '200' },
+      profile: { type: 'string' },
       pid: { type: 'string' },
       viewers: { type: 'string', default: '20' },
       rounds: { type: 'string', default: '3' },
@@ -336,7 +382,7 @@ async function main() {
   let result;
   try {
     if (mode === 'open') result = await benchOpen(url, Number(values.runs ?? 10), browser);
-    else if (mode === 'scroll') result = await benchScroll(url, Number(values.runs ?? 5), Number(values.slices), browser);
+    else if (mode === 'scroll') result = await benchScroll(url, Number(values.runs ?? 5), Number(values.slices), browser, values.profile ?? null);
     else result = await benchLoad(url, Number(values.pid ?? 0), Number(values.viewers), Number(values.rounds), Number(values.runs ?? 3));
   } finally {
     await browser?.close().catch(() => {});

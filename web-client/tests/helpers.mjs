@@ -176,6 +176,8 @@ export function launchBrowser() {
 export async function openPage(browser, url, opts = {}) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
   if (opts.init) await context.addInitScript(opts.init, opts.initArg);
+  // [url pattern, handler] pairs installed before the page loads (context.route).
+  for (const [pattern, handler] of opts.routes ?? []) await context.route(pattern, handler);
   const page = await context.newPage();
   const log = [];
   page.consiliumLog = log;

@@ -81,6 +81,53 @@ test('opening a series leaves ordered marks: open, first slice painted, all slic
   }
 });
 
+/** Frame requests the page made (Resource Timing) and a digest of every decoded slice. */
+const framesLoaded = (page) =>
+  page.evaluate(() => {
+    const urls = performance.getEntriesByType('resource').map((e) => e.name);
+    const s = window.consiliumViewer.viewer.viewports[0].series;
+    let digest = 0;
+    for (const f of s.frames) for (let i = 0; i < f.length; i += 97) digest = (digest * 31 + f[i]) | 0;
+    return {
+      batches: urls.filter((u) => /\/series\/[^/]+\/frames\?instances=/.test(u)).length,
+      singles: urls.filter((u) => /\/instances\/[^/]+\/frames\/\d/.test(u)).length,
+      loaded: s.loaded,
+      slices: s.length,
+      digest,
+    };
+  });
+
+test('a series arrives in batch requests; from a server without them, frame by frame; the same pixels', { timeout: 120_000 }, async () => {
+  const url = callUrl(server.url, { room: 'demo', name: 'Dr Batch' });
+  const page = await openPage(browser, url);
+  let refused = 0;
+  const old = await openPage(browser, url, {
+    // What an older server answers for a route it does not have.
+    routes: [['**/frames?instances=*', (route) => (refused++, route.fulfill({ status: 404, contentType: 'application/json', body: '{"error":"not found"}' }))]],
+  });
+  try {
+    await loaded(page);
+    await loaded(old);
+    const a = await framesLoaded(page);
+    const b = await framesLoaded(old);
+    assert.equal(a.loaded, 120);
+    assert.equal(b.loaded, 120);
+    assert.ok(a.batches >= 4 && a.batches <= 12, `120 slices in batches of 32 or fewer: ${JSON.stringify(a)}`);
+    // The slice on screen and the thumbnails' go alone.
+    assert.ok(a.singles <= 6, `few single-frame requests: ${JSON.stringify(a)}`);
+    assert.ok(refused >= 1 && refused <= 2, `the refused batches (${refused}) are not retried`);
+    assert.ok(b.singles >= 119, `one request per frame after the refusal: ${JSON.stringify(b)}`);
+    assert.equal(a.digest, b.digest, 'the same pixels either way');
+    for (const p of [page, old]) assert.deepEqual(p.pageErrors, []);
+  } catch (err) {
+    err.message += `\n${pageLogs(page)}\n${pageLogs(old)}`;
+    throw err;
+  } finally {
+    await closePage(page);
+    await closePage(old);
+  }
+});
+
 test('a frame carries a validator: revalidating it costs a 304 without the pixels', async () => {
   const api = (p) => `${server.url}/dicomweb${p}${p.includes('?') ? '&' : '?'}room=demo`;
   const json = async (p) => (await fetch(api(p), { headers: { Accept: 'application/dicom+json' } })).json();

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { buildLut, renderGrey, orientationMarkers, frameRange } from '../js/viewer/render.js';
 import { computeStats, lineLength, pointInPolygon, simplify, statsLines } from '../js/annotation/geometry.js';
 import { readStowResult, readHeader, failureText } from '../js/viewer/upload.js';
-import { formatName, formatDate, tagValue } from '../js/viewer/dicomweb.js';
+import { formatName, formatDate, tagValue, readParts } from '../js/viewer/dicomweb.js';
 import { ctSlice } from './dicom-fixture.mjs';
 
 const grey = (packed) => packed & 0xff;
@@ -134,5 +134,149 @@ test('frame loader: the slice on screen first (alone), then outward; at most 6 r
   s.evict();
   assert.equal(s.loaded, 0);
   assert.equal(s.bytes, 0);
+  framePool.remove(s);
+});
+
+/** A multipart body as the server streams it, cut into chunks at the given offsets. */
+function multipartStream(parts, boundary, cuts) {
+  const enc = new TextEncoder();
+  const pieces = [];
+  for (const { type, body } of parts) {
+    pieces.push(enc.encode(`--${boundary}\r\nContent-Type: ${type}\r\nContent-Location: /x/${pieces.length}\r\nContent-Length: ${body.length}\r\n\r\n`), body, enc.encode('\r\n'));
+  }
+  pieces.push(enc.encode(`--${boundary}--\r\n`));
+  const all = new Uint8Array(pieces.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of pieces) {
+    all.set(p, at);
+    at += p.length;
+  }
+  const edges = [0, ...cuts.filter((c) => c > 0 && c < all.length).sort((a, b) => a - b), all.length];
+  return {
+    length: all.length,
+    stream: new ReadableStream({
+      start(controller) {
+        for (let i = 1; i < edges.length; i++) if (edges[i] > edges[i - 1]) controller.enqueue(all.slice(edges[i - 1], edges[i]));
+        controller.close();
+      },
+    }),
+  };
+}
+
+test('multipart reader: parts by Content-Length, whatever the chunking (inside headers, pixels, CRLFs)', async () => {
+  // Pixel bodies that contain the boundary and blank lines must not confuse it.
+  const boundary = 'b-7';
+  const tricky = new TextEncoder().encode(`x\r\n\r\n--${boundary}--\r\n`);
+  const parts = [
+    { type: 'application/octet-stream', body: Uint8Array.from({ length: 1000 }, (_, i) => i & 0xff) },
+    { type: 'application/json', body: new TextEncoder().encode('{"error":"cannot decode"}') },
+    { type: 'application/octet-stream', body: tricky },
+    { type: 'application/octet-stream', body: new Uint8Array(0) },
+  ];
+  let seed = 7;
+  const rand = (n) => ((seed = (seed * 1103515245 + 12345) % 2147483648), seed % n);
+  const { length } = multipartStream(parts, boundary, []);
+  const cuttings = [[], Array.from({ length }, (_, i) => i), ...Array.from({ length: 30 }, () => Array.from({ length: 1 + rand(12) }, () => rand(length)))];
+  for (const cuts of cuttings) {
+    const got = [];
+    await readParts(multipartStream(parts, boundary, cuts).stream, boundary, (headers, body) => got.push({ headers, body }));
+    assert.equal(got.length, parts.length, `cuts ${cuts.slice(0, 12)}`);
+    got.forEach((g, k) => {
+      assert.equal(g.headers.get('content-type'), parts[k].type);
+      assert.equal(g.headers.get('content-location'), `/x/${k * 3}`);
+      assert.deepEqual([...g.body], [...parts[k].body]);
+    });
+  }
+  const noLength = new ReadableStream({
+    start(c) {
+      c.enqueue(new TextEncoder().encode(`--${boundary}\r\nContent-Type: a/b\r\n\r\nxx`));
+      c.close();
+    },
+  });
+  await assert.rejects(readParts(noLength, boundary, () => {}), /Content-Length/);
+});
+
+function batchSeries(api, n) {
+  return import('../js/viewer/series.js').then(({ Series, framePool }) => {
+    const ds = (i) => ({
+      '00080018': { vr: 'UI', Value: [`1.2.${i}`] },
+      '00280010': { vr: 'US', Value: [4] },
+      '00280011': { vr: 'US', Value: [4] },
+      '00280100': { vr: 'US', Value: [16] },
+      '00280103': { vr: 'US', Value: [1] },
+    });
+    const s = new Series(api, '1', '1.2', Array.from({ length: n }, (_, i) => ds(i)));
+    framePool.add(s);
+    const settled = () => s.loaded + s.failed.filter(Boolean).length === s.length;
+    const done = new Promise((resolve) => {
+      s.on('frame', () => settled() && resolve());
+      s.on('frame-failed', () => settled() && resolve());
+    });
+    s.setFocus(Math.floor(n / 2), 0);
+    return { s, done, framePool };
+  });
+}
+
+test('frame loader with batches: focus alone, then outward in batches of at most 32, 2 at once; a cut-short batch is resumed', async () => {
+  const singles = [];
+  const batches = [];
+  let active = 0;
+  let maxActive = 0;
+  let cut = true;
+  const api = {
+    frame: async (study, series, sop) => {
+      singles.push(Number(sop.split('.').pop()));
+      return new ArrayBuffer(32);
+    },
+    framesBatch: async (study, series, items, onFrame) => {
+      active++;
+      maxActive = Math.max(maxActive, active);
+      batches.push(items.map((it) => Number(it.sop.split('.').pop())));
+      const call = batches.length;
+      await new Promise((r) => setTimeout(r, 2));
+      // The first batch stops after 5 frames, as a dropped connection would.
+      const upto = cut ? 5 : items.length;
+      cut = false;
+      for (let k = 0; k < upto; k++) onFrame(k, k === 2 && call === 2 ? new Error('cannot decode') : new ArrayBuffer(32));
+      active--;
+      if (upto < items.length) throw new Error('connection reset');
+    },
+    metadata: async () => [],
+  };
+  const { s, done, framePool } = await batchSeries(api, 100);
+  await done;
+  assert.deepEqual(singles, [50], 'only the focus goes alone');
+  assert.deepEqual(batches[0].slice(0, 4), [51, 49, 52, 48], 'then outward from it');
+  assert.ok(batches.every((b) => b.length <= 32));
+  assert.ok(maxActive <= 2, `at most 2 batches at once (${maxActive})`);
+  const asked = batches.flat();
+  assert.equal(s.failed.filter(Boolean).length, 1, 'a part with an error fails that slice alone');
+  assert.equal(s.loaded, 99);
+  assert.equal(new Set(asked).size, 99, 'every other slice asked for');
+  assert.equal(asked.length, 99 + 27, 'the 27 frames a cut-short batch did not carry are asked again');
+  framePool.remove(s);
+});
+
+test('frame loader falls back to one request per frame when the server refuses batches', async () => {
+  const { DicomWebError } = await import('../js/viewer/dicomweb.js');
+  let singles = 0;
+  let refused = 0;
+  const api = {
+    frame: async () => {
+      singles++;
+      return new ArrayBuffer(32);
+    },
+    framesBatch: async () => {
+      refused++;
+      throw new DicomWebError('404 Not Found', 404);
+    },
+    metadata: async () => [],
+  };
+  const { s, done, framePool } = await batchSeries(api, 30);
+  await done;
+  assert.equal(s.loaded, 30);
+  assert.equal(singles, 30);
+  assert.ok(refused >= 1 && refused <= 2, `stops asking for batches (${refused})`);
+  assert.equal(s.batching, false);
   framePool.remove(s);
 });

@@ -7,6 +7,14 @@ import { Emitter } from '../call/signaling.js';
 import { tagValue, tagValues } from './dicomweb.js';
 
 const POOL_SIZE = 6; // the browser's per-host HTTP/1.1 connection limit
+/**
+ * Frames one batch request carries (DicomWeb.framesBatch). Every request costs the browser
+ * a few milliseconds of main-thread and network-process work whatever its size; 200 of
+ * them were most of the time a 200-slice CT took to load (docs/benchmarks.md).
+ */
+const BATCH_FRAMES = 32;
+/** Batch requests at once: the other connections stay free for the slice a user jumps to. */
+const MAX_BATCHES = 2;
 
 export class Series extends Emitter {
   /**
@@ -37,6 +45,8 @@ export class Series extends Emitter {
     this.firstFrameMs = null;
     this.allFramesMs = null;
     this._openedAt = performance.now();
+    /** Whether the server answers batch requests; false after one that delivered nothing. */
+    this.batching = true;
   }
 
   /**
@@ -190,24 +200,76 @@ export class Series extends Emitter {
     return -1;
   }
 
+  /**
+   * The slices a batch should carry: the nearest missing ones to the focus, in that order,
+   * once the first slice is on screen (it goes alone: a batch would delay it).
+   */
+  _nextBatch() {
+    if (!this.batching || typeof this.api.framesBatch !== 'function') return [];
+    if (this.priority > 0 || this.loaded === 0) return [];
+    const picked = [];
+    for (let i = this._next(); i >= 0 && picked.length < BATCH_FRAMES; i = this._next()) {
+      picked.push(i);
+      this._inFlight.add(i);
+    }
+    for (const i of picked) this._inFlight.delete(i);
+    return picked;
+  }
+
   async _load(index) {
     this._inFlight.add(index);
     const s = this.slices[index];
     try {
-      const buf = await this.api.frame(this.study, this.uid, s.sop, s.frame);
-      this.frames[index] = this._decode(buf);
-      this.loaded++;
-      const now = performance.now();
-      if (this.firstFrameMs === null) this.firstFrameMs = now - this._openedAt;
-      if (this.loaded === this.length) this.allFramesMs = now - this._openedAt;
-      this.emit('frame', index);
+      this._arrived(index, await this.api.frame(this.study, this.uid, s.sop, s.frame));
     } catch (error) {
-      console.warn(`[consilium] frame ${index} of series ${this.uid} failed`, error);
-      this.failed[index] = true;
-      this.emit('frame-failed', { index, error });
+      this._failed(index, error);
     } finally {
       this._inFlight.delete(index);
     }
+  }
+
+  /** Loads several slices in one request; those it does not deliver are picked again. */
+  async _loadBatch(indices) {
+    for (const i of indices) this._inFlight.add(i);
+    let delivered = 0;
+    try {
+      const items = indices.map((i) => ({ sop: this.slices[i].sop, frame: this.slices[i].frame }));
+      await this.api.framesBatch(this.study, this.uid, items, (k, result) => {
+        const index = indices[k];
+        if (!this._inFlight.has(index)) return;
+        this._inFlight.delete(index);
+        delivered++;
+        if (result instanceof Error) this._failed(index, result);
+        else this._arrived(index, result);
+      });
+    } catch (error) {
+      if (!delivered) console.info(`[consilium] batch frame request refused (${error.message}); one request per frame`);
+      else console.warn(`[consilium] batch of series ${this.uid} cut short`, error);
+    } finally {
+      // A server without the extension, or one that answers it with nothing usable.
+      if (!delivered) this.batching = false;
+      for (const i of indices) this._inFlight.delete(i);
+    }
+  }
+
+  _arrived(index, buf) {
+    try {
+      this.frames[index] = this._decode(buf);
+    } catch (error) {
+      this._failed(index, error);
+      return;
+    }
+    this.loaded++;
+    const now = performance.now();
+    if (this.firstFrameMs === null) this.firstFrameMs = now - this._openedAt;
+    if (this.loaded === this.length) this.allFramesMs = now - this._openedAt;
+    this.emit('frame', index);
+  }
+
+  _failed(index, error) {
+    console.warn(`[consilium] frame ${index} of series ${this.uid} failed`, error);
+    this.failed[index] = true;
+    this.emit('frame-failed', { index, error });
   }
 
   _decode(buf) {
@@ -227,6 +289,7 @@ class FramePool {
   constructor(size) {
     this.size = size;
     this.active = 0;
+    this.batches = 0;
     /** @type {Set<Series>} */
     this.series = new Set();
   }
@@ -245,8 +308,11 @@ class FramePool {
       const job = this._pick();
       if (!job) return;
       this.active++;
-      job.series._load(job.index).finally(() => {
+      if (job.batch) this.batches++;
+      const run = job.batch ? job.series._loadBatch(job.batch) : job.series._load(job.index);
+      run.finally(() => {
         this.active--;
+        if (job.batch) this.batches--;
         this.kick();
       });
     }
@@ -260,6 +326,14 @@ class FramePool {
       if (i >= 0) return { series: s, index: i };
     }
     for (const s of list) {
+      if (s.batching && typeof s.api.framesBatch === 'function' && s.priority === 0 && s.loaded > 0) {
+        // A batching series takes no single requests beyond its focus: their per-request
+        // cost is what batches save.
+        if (this.batches >= MAX_BATCHES) continue;
+        const batch = s._nextBatch();
+        if (batch.length) return { series: s, batch };
+        continue;
+      }
       const i = s._next();
       if (i >= 0) return { series: s, index: i };
     }
