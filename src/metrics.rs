@@ -29,6 +29,11 @@ pub struct Metrics {
     pub annotation_ops: IntCounterVec,
     /// Shared-viewer `error` messages sent, by code.
     pub collab_errors: IntCounterVec,
+    /// Anonymous resident memory (heap, stacks; `RssAnon` of /proc/self/status), read at
+    /// each scrape. `process_resident_memory_bytes` also counts the binary's code pages,
+    /// which are faulted in as code paths first run and do not grow with participants: this
+    /// one is what rooms and participants cost.
+    pub anonymous_memory: IntGauge,
     pub sfu: SfuMetrics,
 }
 
@@ -96,6 +101,11 @@ impl Metrics {
             &["code"],
         )?;
         registry.register(Box::new(collab_errors.clone()))?;
+        let anonymous_memory = IntGauge::new(
+            "consilium_process_anonymous_memory_bytes",
+            "Anonymous resident memory of the process (heap and stacks, no code pages)",
+        )?;
+        registry.register(Box::new(anonymous_memory.clone()))?;
         registry.register(Box::new(rooms.clone()))?;
         registry.register(Box::new(participants.clone()))?;
         registry.register(Box::new(websockets.clone()))?;
@@ -118,17 +128,57 @@ impl Metrics {
             data_channel_by_type,
             annotation_ops,
             collab_errors,
+            anonymous_memory,
             sfu,
         })
     }
 
     /// The text exposition format.
     pub fn render(&self) -> String {
+        if let Some(bytes) = anonymous_rss() {
+            self.anonymous_memory.set(bytes);
+        }
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
         if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// `RssAnon` of /proc/self/status in bytes (Linux; `None` elsewhere or if unreadable).
+fn anonymous_rss() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_rss_anon(&status)
+}
+
+fn parse_rss_anon(status: &str) -> Option<i64> {
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anonymous_memory_is_read_from_proc_status() {
+        let status =
+            "Name:\tconsilium\nVmRSS:\t   40000 kB\nRssAnon:\t   28000 kB\nRssFile:\t   12000 kB\n";
+        assert_eq!(parse_rss_anon(status), Some(28000 * 1024));
+        assert_eq!(parse_rss_anon("VmRSS: 1 kB\n"), None);
+        #[cfg(target_os = "linux")]
+        {
+            let m = Metrics::new().unwrap();
+            let text = m.render();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("consilium_process_anonymous_memory_bytes "))
+                .expect("the gauge is exported");
+            let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(v > 0.0, "{line}");
+        }
     }
 }

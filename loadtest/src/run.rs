@@ -92,6 +92,9 @@ struct Snapshot {
 pub struct ServerSample {
     pub cpu_seconds: f64,
     pub rss_bytes: f64,
+    /// `consilium_process_anonymous_memory_bytes`: RSS without the binary's code pages
+    /// (NaN from a server that does not export it).
+    pub anon_bytes: f64,
     pub forwarded_bytes: f64,
     /// Participants the server counts as observers: proof the role was taken.
     pub observers: f64,
@@ -121,6 +124,8 @@ impl ServerSample {
         Some(Self {
             cpu_seconds: metric_sum(text, "process_cpu_seconds_total")?,
             rss_bytes: metric_sum(text, "process_resident_memory_bytes")?,
+            anon_bytes: metric_sum(text, "consilium_process_anonymous_memory_bytes")
+                .unwrap_or(f64::NAN),
             forwarded_bytes: metric_sum(text, "consilium_forwarded_bytes_total").unwrap_or(0.0),
             observers: metric_sum(text, "consilium_participants_by_role{role=\"observer\"}")
                 .unwrap_or(0.0),
@@ -252,7 +257,8 @@ struct State {
     media: Arc<EncodedMedia>,
     tokens: Option<TokenAuthority>,
     run_id: String,
-    baseline_rss: Option<f64>,
+    /// The server before the first join: memory growth is counted from it.
+    baseline: Option<ServerSample>,
     /// The server's pid when it runs here (its CPU is then read from /proc).
     server_pid: Option<u32>,
 }
@@ -433,7 +439,7 @@ impl State {
         let Some(prev) = self.snapshots.last() else {
             return;
         };
-        let w = Window::between(prev, snap, self.baseline_rss);
+        let w = Window::between(prev, snap, self.baseline);
         self.bar.set_message(format!(
             "{} joined · {:.1} Mbit/s · loss {:.2} % · p95 {:.1} ms · server {:.2} cores, {:.0} MiB",
             snap.joined,
@@ -453,7 +459,7 @@ fn next_second(started: Instant) -> Duration {
 
 impl Window {
     /// The figures between two snapshots.
-    fn between(a: &Snapshot, b: &Snapshot, baseline_rss: Option<f64>) -> Window {
+    fn between(a: &Snapshot, b: &Snapshot, baseline: Option<ServerSample>) -> Window {
         let secs = (b.t - a.t).max(1e-3);
         let expected = b.expected.saturating_sub(a.expected);
         let lost = b.lost.saturating_sub(a.lost);
@@ -473,7 +479,9 @@ impl Window {
             ),
         };
         let participants = b.joined;
-        let rss_growth = baseline_rss.map_or(rss, |base| (rss - base).max(0.0));
+        let rss_growth = baseline.map_or(rss, |base| (rss - base.rss_bytes).max(0.0));
+        let anon = b.server.map_or(f64::NAN, |s| s.anon_bytes);
+        let anon_growth = baseline.map_or(anon, |base| (anon - base.anon_bytes).max(0.0));
         Window {
             t_start_s: a.t,
             seconds: secs,
@@ -498,6 +506,12 @@ impl Window {
             server_rss_mib: rss / 1_048_576.0,
             rss_per_participant_mib: if participants > 0 {
                 rss_growth / 1_048_576.0 / participants as f64
+            } else {
+                0.0
+            },
+            server_anon_mib: anon / 1_048_576.0,
+            anon_per_participant_mib: if participants > 0 {
+                anon_growth / 1_048_576.0 / participants as f64
             } else {
                 0.0
             },
@@ -566,7 +580,7 @@ pub async fn run(options: RunOptions) -> Result<RunReport, RunError> {
         media: media.clone(),
         tokens,
         run_id: format!("{:06x}", rand::random::<u32>() & 0xff_ffff),
-        baseline_rss: ServerSample::parse(&first).map(|s| s.rss_bytes),
+        baseline: ServerSample::parse(&first),
         server_pid,
         options,
     };
@@ -591,7 +605,7 @@ pub async fn run(options: RunOptions) -> Result<RunReport, RunError> {
             // Joins still pending at the end of the step are failures of this load.
             st.wait(Instant::now() + JOIN_TIMEOUT, true).await;
             let b = st.window_snapshot().await;
-            let w = Window::between(&a, &b, st.baseline_rss);
+            let w = Window::between(&a, &b, st.baseline);
             let mut broke = Vec::new();
             if w.loss_pct > th.max_loss_pct {
                 broke.push(format!("loss {:.2} % > {} %", w.loss_pct, th.max_loss_pct));
@@ -656,14 +670,14 @@ pub async fn run(options: RunOptions) -> Result<RunReport, RunError> {
             .set_prefix(format!("measuring {:?}", scenario.duration));
         st.wait(Instant::now() + scenario.duration, false).await;
         let b = st.window_snapshot().await;
-        Window::between(&a, &b, st.baseline_rss)
+        Window::between(&a, &b, st.baseline)
     };
     let completeness = completeness(&st.members);
     let timeline = st
         .snapshots
         .windows(2)
         .map(|w| {
-            let win = Window::between(&w[0], &w[1], st.baseline_rss);
+            let win = Window::between(&w[0], &w[1], st.baseline);
             Point::from_window(w[1].t, &win)
         })
         .collect();
@@ -879,6 +893,7 @@ mod tests {
             server: Some(ServerSample {
                 cpu_seconds: cpu,
                 rss_bytes: rss_mib * 1_048_576.0,
+                anon_bytes: (rss_mib - 10.0) * 1_048_576.0,
                 forwarded_bytes: bytes as f64,
                 observers: 0.0,
             }),
@@ -891,7 +906,7 @@ mod tests {
     fn windows_turn_counters_into_rates() {
         let a = snap(10.0, 0, 1000, 0, 5.0, 30.0);
         let b = snap(20.0, 125_000_000, 11_000, 50, 10.0, 40.0);
-        let w = Window::between(&a, &b, Some(20.0 * 1_048_576.0));
+        let w = Window::between(&a, &b, a.server);
         assert_eq!(w.seconds, 10.0);
         assert!((w.forwarded_mbps - 100.0).abs() < 1e-9);
         assert!((w.server_forwarded_mbps - 100.0).abs() < 1e-9);
@@ -900,9 +915,11 @@ mod tests {
         assert!((w.forwarded_mbps_per_core - 200.0).abs() < 1e-9);
         assert_eq!(w.server_rss_mib, 40.0);
         assert!(
-            (w.rss_per_participant_mib - 2.0).abs() < 1e-9,
-            "(40 − 20) / 10"
+            (w.rss_per_participant_mib - 1.0).abs() < 1e-9,
+            "(40 − 30) / 10"
         );
+        assert_eq!(w.server_anon_mib, 30.0, "RSS without code pages");
+        assert!((w.anon_per_participant_mib - 1.0).abs() < 1e-9);
         assert!((w.cpu_per_participant - 0.05).abs() < 1e-9);
         let lost_server = Snapshot {
             server: None,

@@ -35,6 +35,11 @@ pub struct Window {
     pub server_rss_mib: f64,
     /// RSS growth since before the first join, per participant.
     pub rss_per_participant_mib: f64,
+    /// The server's anonymous memory (RSS without the binary's code pages, which are faulted
+    /// in as code first runs and do not grow with participants); NaN if not exported.
+    pub server_anon_mib: f64,
+    /// Its growth since before the first join, per participant: what a participant costs.
+    pub anon_per_participant_mib: f64,
     /// Server cores per participant.
     pub cpu_per_participant: f64,
     /// The load generator's own CPU: near its core count, it is the limit, not the server.
@@ -299,6 +304,13 @@ impl RunReport {
             (
                 "RSS per participant MiB",
                 format!("{:.2}", w.rss_per_participant_mib),
+            ),
+            (
+                "anonymous memory MiB (per participant)",
+                format!(
+                    "{:.1} ({:.2})",
+                    w.server_anon_mib, w.anon_per_participant_mib
+                ),
             ),
             (
                 "CPU per participant (ms/s)",
@@ -580,6 +592,8 @@ mod tests {
                 forwarded_mbps_per_core: 0.0,
                 server_rss_mib: rss,
                 rss_per_participant_mib: 0.0,
+                server_anon_mib: f64::NAN,
+                anon_per_participant_mib: 0.0,
                 cpu_per_participant: 0.0,
                 generator_cpu_cores: 0.0,
                 generator_lag_ms: Percentiles::default(),
