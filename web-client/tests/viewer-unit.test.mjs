@@ -98,6 +98,15 @@ test('DICOM JSON helpers', () => {
   assert.equal(tagValue({ '00100010': { vr: 'PN', Value: [{ Alphabetic: 'A^B' }] } }, '00100010'), 'A^B');
 });
 
+/** The QIDO instance entry of slice i of a 4×4 signed 16-bit test series. */
+const sliceDs = (i) => ({
+  '00080018': { vr: 'UI', Value: [`1.2.${i}`] },
+  '00280010': { vr: 'US', Value: [4] },
+  '00280011': { vr: 'US', Value: [4] },
+  '00280100': { vr: 'US', Value: [16] },
+  '00280103': { vr: 'US', Value: [1] },
+});
+
 test('frame loader: the slice on screen first (alone), then outward; at most 6 requests; evict', async () => {
   const { Series, framePool } = await import('../js/viewer/series.js');
   const order = [];
@@ -114,14 +123,7 @@ test('frame loader: the slice on screen first (alone), then outward; at most 6 r
     },
     metadata: async () => [],
   };
-  const ds = (i) => ({
-    '00080018': { vr: 'UI', Value: [`1.2.${i}`] },
-    '00280010': { vr: 'US', Value: [4] },
-    '00280011': { vr: 'US', Value: [4] },
-    '00280100': { vr: 'US', Value: [16] },
-    '00280103': { vr: 'US', Value: [1] },
-  });
-  const s = new Series(api, '1', '1.2', Array.from({ length: 20 }, (_, i) => ds(i)));
+  const s = new Series(api, '1', '1.2', Array.from({ length: 20 }, (_, i) => sliceDs(i)));
   framePool.add(s);
   const done = new Promise((resolve) => s.on('frame', () => s.loaded === s.length && resolve()));
   s.setFocus(10, 0);
@@ -198,14 +200,7 @@ test('multipart reader: parts by Content-Length, whatever the chunking (inside h
 
 function batchSeries(api, n) {
   return import('../js/viewer/series.js').then(({ Series, framePool }) => {
-    const ds = (i) => ({
-      '00080018': { vr: 'UI', Value: [`1.2.${i}`] },
-      '00280010': { vr: 'US', Value: [4] },
-      '00280011': { vr: 'US', Value: [4] },
-      '00280100': { vr: 'US', Value: [16] },
-      '00280103': { vr: 'US', Value: [1] },
-    });
-    const s = new Series(api, '1', '1.2', Array.from({ length: n }, (_, i) => ds(i)));
+    const s = new Series(api, '1', '1.2', Array.from({ length: n }, (_, i) => sliceDs(i)));
     framePool.add(s);
     const settled = () => s.loaded + s.failed.filter(Boolean).length === s.length;
     const done = new Promise((resolve) => {
