@@ -88,9 +88,11 @@ const framesLoaded = (page) =>
     const s = window.consiliumViewer.viewer.viewports[0].series;
     let digest = 0;
     for (const f of s.frames) for (let i = 0; i < f.length; i += 97) digest = (digest * 31 + f[i]) | 0;
+    // This series' requests only (the other series' thumbnails fetch a slice each).
+    const mine = urls.filter((u) => u.includes(`/series/${s.uid}/`));
     return {
-      batches: urls.filter((u) => /\/series\/[^/]+\/frames\?instances=/.test(u)).length,
-      singles: urls.filter((u) => /\/instances\/[^/]+\/frames\/\d/.test(u)).length,
+      batches: mine.filter((u) => /\/series\/[^/]+\/frames\?instances=/.test(u)).length,
+      singles: mine.filter((u) => /\/instances\/[^/]+\/frames\/\d/.test(u)).length,
       loaded: s.loaded,
       slices: s.length,
       digest,
@@ -113,8 +115,8 @@ test('a series arrives in batch requests; from a server without them, frame by f
     assert.equal(a.loaded, 120);
     assert.equal(b.loaded, 120);
     assert.ok(a.batches >= 4 && a.batches <= 12, `120 slices in batches of 32 or fewer: ${JSON.stringify(a)}`);
-    // The slice on screen and the thumbnails' go alone.
-    assert.ok(a.singles <= 6, `few single-frame requests: ${JSON.stringify(a)}`);
+    // The slice on screen goes alone, ahead of the batches.
+    assert.ok(a.singles >= 1 && a.singles <= 2, `the first slice alone: ${JSON.stringify(a)}`);
     assert.ok(refused >= 1 && refused <= 2, `the refused batches (${refused}) are not retried`);
     assert.ok(b.singles >= 119, `one request per frame after the refusal: ${JSON.stringify(b)}`);
     assert.equal(a.digest, b.digest, 'the same pixels either way');

@@ -282,6 +282,8 @@ export async function readParts(stream, boundary, onPart) {
         }
         const length = Number(headers.get('content-length'));
         if (!Number.isSafeInteger(length) || length < 0) throw new DicomWebError('multipart part without Content-Length', 0);
+        // The server stores no frame over 1 GiB: a larger length is a broken response.
+        if (length > 2 ** 30) throw new DicomWebError(`multipart part of ${length} bytes`, 0);
         body = new Uint8Array(length);
         filled = 0;
         chunk = head.subarray(end + 4);
