@@ -71,7 +71,10 @@ impl<K: Copy + Eq + Hash> Demux<K> {
     pub fn route(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<K> {
         if let Some(ufrag) = stun_local_ufrag(datagram) {
             if let Some(&key) = self.by_ufrag.get(ufrag) {
-                self.by_addr.insert(from, key);
+                if self.by_addr.insert(from, key).is_some_and(|old| old != key) {
+                    // A network change, or a port reused while the old peer is still here.
+                    tracing::debug!(%from, "remote address moved to another peer");
+                }
                 return Some(key);
             }
         }
