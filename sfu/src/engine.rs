@@ -407,6 +407,10 @@ struct MediaPeer {
     last_heard: Instant,
     /// DTLS datagrams that arrived before ICE connected (see [`Engine::datagram`]).
     early_dtls: Vec<(SocketAddr, BytesMut)>,
+    /// Where the last datagram came from and where the last one went: logged when a peer
+    /// leaves without finishing its DTLS handshake, to tell a lost path from a lost flight.
+    last_from: Option<SocketAddr>,
+    last_sent_to: Option<SocketAddr>,
 }
 
 impl MediaPeer {
@@ -671,6 +675,8 @@ impl Engine {
                 milestones: 0,
                 last_heard: now,
                 early_dtls: Vec::new(),
+                last_from: None,
+                last_sent_to: None,
             },
         );
         self.metrics.peers.inc();
@@ -938,6 +944,7 @@ impl Engine {
             return;
         };
         peer.last_heard = now;
+        peer.last_from = Some(from);
         // A browser sends its ClientHello the moment its first connectivity check succeeds,
         // before the check that nominates the pair reaches us; our ICE-lite agent is not
         // connected yet and `rtc` drops it, and the browser resends only after its DTLS
@@ -1475,7 +1482,11 @@ impl Engine {
             let Some(peer) = self.peers.get_mut(&key) else {
                 continue;
             };
-            send_queued(&mut self.batch, &self.socket, &mut peer.pc, &self.metrics);
+            if let Some(to) =
+                send_queued(&mut self.batch, &self.socket, &mut peer.pc, &self.metrics)
+            {
+                peer.last_sent_to = Some(to);
+            }
             let next = peer.pc.poll_timeout();
             if next != peer.deadline {
                 if let Some(old) = peer.deadline {
@@ -1497,6 +1508,16 @@ impl Engine {
             return;
         };
         self.metrics.peers.dec();
+        if peer.milestones & Milestone::IceConnected.bit() != 0
+            && peer.milestones & Milestone::DtlsConnected.bit() == 0
+        {
+            tracing::warn!(
+                peer = %peer.id,
+                heard_from = ?peer.last_from,
+                sent_to = ?peer.last_sent_to,
+                "media peer removed after ICE connected, before DTLS completed"
+            );
+        }
         self.ids.remove(&peer.id);
         self.demux.remove_peer(key);
         if let Some(d) = peer.deadline {
@@ -1606,13 +1627,16 @@ fn send_queued(
     socket: &UdpSocket,
     pc: &mut RTCPeerConnection,
     metrics: &SfuMetrics,
-) {
+) -> Option<SocketAddr> {
+    let mut last = None;
     while let Some(out) = pc.poll_write() {
+        last = Some(out.transport.peer_addr);
         batch.push(out.transport.peer_addr, out.message);
         if batch.len() >= MAX_FLUSH_BATCH {
             send_counted(batch, socket, metrics);
         }
     }
+    last
 }
 
 /// What of a publisher's RTP packet is forwarded and kept in its track's history. The
