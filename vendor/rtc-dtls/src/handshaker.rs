@@ -192,7 +192,12 @@ impl DTLSConn {
                 srv_cli_str(self.state.is_client),
                 self.current_flight
             );
-            self.current_retransmit_timer = None;
+            // Consilium patch (vendor/README.md): the retransmit timer is not cancelled here but
+            // only once the peer's next flight has parsed (below). Packets that do not complete
+            // it (the peer repeating its previous flight because ours was lost, or part of a
+            // flight) used to cancel the timer and leave the association Waiting with none: it
+            // never sent its flight again, and the peer, whose own 1 s timer kept repeating its
+            // flight, kept it that way until both gave up (RFC 6347 4.2.4 has the timer run on).
             let result = self.current_flight.parse(
                 /*&mut self.handle_queue_tx,*/ &mut self.state,
                 &self.cache,
@@ -216,6 +221,7 @@ impl DTLSConn {
                     }
                 }
                 Ok(next_flight) => {
+                    self.current_retransmit_timer = None;
                     debug!(
                         "[handshake:{}] {} -> {}",
                         srv_cli_str(self.state.is_client),
