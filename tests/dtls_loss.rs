@@ -11,11 +11,11 @@ use common::WAIT;
 use consilium::Config;
 use loadtest::{Event, Participant, ParticipantConfig};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
-use tokio::sync::Mutex;
 
 /// What happens to the n-th DTLS datagram (1-based) of each client in one direction.
 #[derive(Clone, Copy, Debug)]
@@ -53,6 +53,26 @@ fn pass(socket: Arc<UdpSocket>, to: SocketAddr, data: Vec<u8>, fate: Option<Fate
     }
 }
 
+/// The SFU's datagrams to one client, with the downstream rules.
+async fn downstream(
+    upstream: Arc<UdpSocket>,
+    listen: Arc<UdpSocket>,
+    client: SocketAddr,
+    rules: HashMap<usize, Fate>,
+) {
+    let mut buf = vec![0u8; 65536];
+    let mut dtls = 0;
+    while let Ok((n, _)) = upstream.recv_from(&mut buf).await {
+        let fate = if is_dtls(&buf[..n]) {
+            dtls += 1;
+            rules.get(&dtls).copied()
+        } else {
+            None
+        };
+        pass(listen.clone(), client, buf[..n].to_vec(), fate);
+    }
+}
+
 /// A UDP relay on 127.0.0.1 (the SFU's advertised address) to the SFU on 127.0.0.2, one
 /// upstream socket per client, applying `rules` to every client's DTLS datagrams.
 async fn relay(rules: Rules) -> (u16, tokio::task::JoinHandle<()>) {
@@ -60,33 +80,24 @@ async fn relay(rules: Rules) -> (u16, tokio::task::JoinHandle<()>) {
     let port = listen.local_addr().unwrap().port();
     let server: SocketAddr = (Ipv4Addr::new(127, 0, 0, 2), port).into();
     let task = tokio::spawn(async move {
-        let clients: Arc<Mutex<HashMap<SocketAddr, (Arc<UdpSocket>, usize)>>> = Arc::default();
+        // Per client: its upstream socket and how many DTLS datagrams it has sent.
+        let mut clients: HashMap<SocketAddr, (Arc<UdpSocket>, usize)> = HashMap::new();
         let mut buf = vec![0u8; 65536];
         loop {
             let Ok((n, from)) = listen.recv_from(&mut buf).await else {
                 continue;
             };
-            let mut map = clients.lock().await;
-            if !map.contains_key(&from) {
+            if let Entry::Vacant(slot) = clients.entry(from) {
                 let upstream = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-                let (down_rules, listen, up) =
-                    (rules.down.clone(), listen.clone(), upstream.clone());
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 65536];
-                    let mut dtls = 0;
-                    while let Ok((n, _)) = up.recv_from(&mut buf).await {
-                        let fate = if is_dtls(&buf[..n]) {
-                            dtls += 1;
-                            down_rules.get(&dtls).copied()
-                        } else {
-                            None
-                        };
-                        pass(listen.clone(), from, buf[..n].to_vec(), fate);
-                    }
-                });
-                map.insert(from, (upstream, 0));
+                tokio::spawn(downstream(
+                    upstream.clone(),
+                    listen.clone(),
+                    from,
+                    rules.down.clone(),
+                ));
+                slot.insert((upstream, 0));
             }
-            let (upstream, dtls) = map.get_mut(&from).expect("inserted above");
+            let (upstream, dtls) = clients.get_mut(&from).expect("inserted above");
             let fate = if is_dtls(&buf[..n]) {
                 *dtls += 1;
                 rules.up.get(dtls).copied()
