@@ -316,7 +316,10 @@ async fn presenter_viewer_annotations_late_joiner_and_restart() {
     let mut dan = join(&server, "board", "Dr Dan").await;
     let s = snapshot(&mut dan).await;
     assert_eq!(s["seq"], 4, "the sequence survives: {s}");
-    assert_eq!(ids(&s["annotations"]), [ana_annotation.clone()]);
+    assert_eq!(
+        ids(&s["annotations"]),
+        std::slice::from_ref(&ana_annotation)
+    );
     assert_eq!(s["annotations"][0]["text"], "spiculated margin");
     assert_eq!(s["viewer"], state, "the last viewport survives");
     assert_eq!(

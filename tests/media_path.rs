@@ -43,10 +43,10 @@ async fn wait_for_media(p: &mut Participant, from: &str) {
     }
     let found = p
         .wait_for(WAIT, |e| {
-            if let Event::FirstRemoteRtp { publisher, kind } = e {
-                if publisher == from {
-                    missing.retain(|k| k != kind);
-                }
+            if let Event::FirstRemoteRtp { publisher, kind } = e
+                && publisher == from
+            {
+                missing.retain(|k| k != kind);
             }
             missing.is_empty()
         })

@@ -240,7 +240,7 @@ mod tests {
                     per_room[room_of(w, size)] += 1;
                 }
                 assert!(
-                    per_room.iter().all(|&n| n >= 1 && n <= size - 1),
+                    per_room.iter().all(|&n| n >= 1 && n < size),
                     "{c} in rooms of {size}"
                 );
             }

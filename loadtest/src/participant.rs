@@ -763,7 +763,7 @@ impl Loop {
             return false;
         }
         self.rtp_seen += 1;
-        if self.rtp_seen % u64::from(n.max(1)) != 0 {
+        if !self.rtp_seen.is_multiple_of(u64::from(n.max(1))) {
             return false;
         }
         if let Ok(mut s) = self.stats.lock() {

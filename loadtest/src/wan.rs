@@ -330,7 +330,7 @@ async fn udp_relay(
                 // Errors on an unconnected UDP socket are transient (ICMP reports): go on.
                 let Ok((n, from)) = res else { continue };
                 let now = Instant::now();
-                if !clients.contains_key(&from) {
+                if let std::collections::hash_map::Entry::Vacant(e) = clients.entry(from) {
                     let unspecified: SocketAddr = if options.to.is_ipv4() {
                         ([0, 0, 0, 0], 0).into()
                     } else {
@@ -347,7 +347,7 @@ async fn udp_relay(
                         counters.clone(),
                     ));
                     count(&counters.udp_clients);
-                    clients.insert(from, UdpClient { upstream, last_seen: now, task });
+                    e.insert(UdpClient { upstream, last_seen: now, task });
                 }
                 let client = clients.get_mut(&from).expect("inserted above");
                 client.last_seen = now;

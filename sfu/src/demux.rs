@@ -69,14 +69,14 @@ impl<K: Copy + Eq + Hash> Demux<K> {
     /// The peer a datagram from `from` belongs to. A STUN request naming a known ufrag binds
     /// (or rebinds, after a network change) `from` to that peer.
     pub fn route(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<K> {
-        if let Some(ufrag) = stun_local_ufrag(datagram) {
-            if let Some(&key) = self.by_ufrag.get(ufrag) {
-                if self.by_addr.insert(from, key).is_some_and(|old| old != key) {
-                    // A network change, or a port reused while the old peer is still here.
-                    tracing::debug!(%from, "remote address moved to another peer");
-                }
-                return Some(key);
+        if let Some(ufrag) = stun_local_ufrag(datagram)
+            && let Some(&key) = self.by_ufrag.get(ufrag)
+        {
+            if self.by_addr.insert(from, key).is_some_and(|old| old != key) {
+                // A network change, or a port reused while the old peer is still here.
+                tracing::debug!(%from, "remote address moved to another peer");
             }
+            return Some(key);
         }
         self.by_addr.get(&from).copied()
     }

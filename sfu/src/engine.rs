@@ -1161,12 +1161,11 @@ impl Engine {
                 let Some(&track_key) = peer.published.get(&track_id) else {
                     return;
                 };
-                if self.forward(track_key, packet, now) > 0 {
-                    if let Some(peer) = self.peers.get_mut(&key) {
-                        if peer.milestones & Milestone::FirstRtpForwarded.bit() == 0 {
-                            peer.reached(Milestone::FirstRtpForwarded, Instant::now());
-                        }
-                    }
+                if self.forward(track_key, packet, now) > 0
+                    && let Some(peer) = self.peers.get_mut(&key)
+                    && peer.milestones & Milestone::FirstRtpForwarded.bit() == 0
+                {
+                    peer.reached(Milestone::FirstRtpForwarded, Instant::now());
                 }
             }
             RTCMessage::RtcpPacket(track_id, packets) => {

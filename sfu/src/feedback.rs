@@ -39,10 +39,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackForApplication {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(packets) = &msg.message.packet {
-            if wanted(packets) {
-                msg.message.add(Attribute::DeliverToApplication);
-            }
+        if let Packet::Rtcp(packets) = &msg.message.packet
+            && wanted(packets)
+        {
+            msg.message.add(Attribute::DeliverToApplication);
         }
         self.read_queue.push_back(msg);
         Ok(())

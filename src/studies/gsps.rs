@@ -86,13 +86,12 @@ fn window_of(img: &InstanceRecord, anns: &[&Annotation], viewer: Option<Window>)
     if let (Some(c), Some(w)) = (
         img.window_center.as_ref().and_then(|v| v.first()),
         img.window_width.as_ref().and_then(|v| v.first()),
-    ) {
-        if *w > 0.0 {
-            return Window {
-                center: *c,
-                width: *w,
-            };
-        }
+    ) && *w > 0.0
+    {
+        return Window {
+            center: *c,
+            width: *w,
+        };
     }
     let bits = img.bits_stored.unwrap_or(12).clamp(1, 32) as f64;
     let slope = img.rescale_slope.unwrap_or(1.0);
