@@ -139,7 +139,9 @@ export class Signaling extends Emitter {
         this.emit('open');
         resolve();
       };
-      ws.addEventListener('open', () => onOpen(performance.now()));
+      // The event's own time: the head script's listener (registered first) may already have
+      // sent `join` in the microtasks between its callback and this one.
+      ws.addEventListener('open', (ev) => onOpen(eventTime(ev)));
       ws.addEventListener('message', (ev) => this.#onMessage(ev.data, performance.now()));
       ws.addEventListener('error', () => {
         if (!opened) reject(new Error(`cannot connect to ${this.url}`));
@@ -239,4 +241,10 @@ export class Signaling extends Emitter {
       ws.close(code, reason);
     }
   }
+}
+
+/** When an event happened, on the performance.now() clock (Event.timeStamp is on it). */
+function eventTime(ev) {
+  const t = ev?.timeStamp;
+  return typeof t === 'number' && t > 0 && t <= performance.now() ? t : performance.now();
 }
