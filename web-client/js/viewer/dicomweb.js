@@ -261,10 +261,16 @@ export async function readParts(stream, boundary, onPart) {
           }
           continue;
         }
-        const joined = new Uint8Array(head.length + chunk.length - pos);
-        joined.set(head);
-        joined.set(chunk.subarray(pos), head.length);
-        head = joined;
+        if (head.length) {
+          const joined = new Uint8Array(head.length + chunk.length - pos);
+          joined.set(head);
+          joined.set(chunk.subarray(pos), head.length);
+          head = joined;
+        } else {
+          // Usually a part's headers start in the chunk that also carries its pixels: look at
+          // them in place rather than copy the whole chunk.
+          head = chunk.subarray(pos);
+        }
         pos = chunk.length;
         const end = indexOf(head, CRLFCRLF, 0);
         const text = new TextDecoder().decode(end < 0 ? head : head.subarray(0, end)).replace(/^(\r\n)+/, '');
