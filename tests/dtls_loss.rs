@@ -8,119 +8,44 @@
 mod common;
 
 use common::WAIT;
-use consilium::Config;
+use common::relay::{self, Dir, Fate};
 use loadtest::{Event, Participant, ParticipantConfig};
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::UdpSocket;
 
-/// What happens to the n-th DTLS datagram (1-based) of each client in one direction.
-#[derive(Clone, Copy, Debug)]
-enum Fate {
-    Drop,
-    Delay(Duration),
-}
-
+/// The fate of each client's n-th DTLS datagram (1-based) in each direction.
 #[derive(Clone, Debug, Default)]
 struct Rules {
     up: HashMap<usize, Fate>,
     down: HashMap<usize, Fate>,
 }
 
-/// RFC 7983: DTLS records start with a content type in 20..=63.
-fn is_dtls(d: &[u8]) -> bool {
-    d.first().is_some_and(|b| (20..=63).contains(b))
-}
-
-/// Sends `data` now, later, or never, by the `n`-th DTLS datagram's rule.
-fn pass(socket: Arc<UdpSocket>, to: SocketAddr, data: Vec<u8>, fate: Option<Fate>) {
-    match fate {
-        Some(Fate::Drop) => {}
-        Some(Fate::Delay(d)) => {
-            tokio::spawn(async move {
-                tokio::time::sleep(d).await;
-                let _ = socket.send_to(&data, to).await;
-            });
+/// A relay policy applying `rules` to every client's DTLS datagrams, counted per client.
+fn policy(rules: Rules) -> relay::Policy {
+    let counts: Mutex<HashMap<(Dir, SocketAddr), usize>> = Mutex::default();
+    Arc::new(move |dir, client, data| {
+        if !relay::is_dtls(data) {
+            return Fate::Pass;
         }
-        None => {
-            tokio::spawn(async move {
-                let _ = socket.send_to(&data, to).await;
-            });
-        }
-    }
-}
-
-/// The SFU's datagrams to one client, with the downstream rules.
-async fn downstream(
-    upstream: Arc<UdpSocket>,
-    listen: Arc<UdpSocket>,
-    client: SocketAddr,
-    rules: HashMap<usize, Fate>,
-) {
-    let mut buf = vec![0u8; 65536];
-    let mut dtls = 0;
-    while let Ok((n, _)) = upstream.recv_from(&mut buf).await {
-        let fate = if is_dtls(&buf[..n]) {
-            dtls += 1;
-            rules.get(&dtls).copied()
+        let mut counts = counts.lock().unwrap();
+        let n = counts.entry((dir, client)).or_default();
+        *n += 1;
+        let table = if dir == Dir::Up {
+            &rules.up
         } else {
-            None
+            &rules.down
         };
-        pass(listen.clone(), client, buf[..n].to_vec(), fate);
-    }
-}
-
-/// A UDP relay on 127.0.0.1 (the SFU's advertised address) to the SFU on 127.0.0.2, one
-/// upstream socket per client, applying `rules` to every client's DTLS datagrams.
-async fn relay(rules: Rules) -> (u16, tokio::task::JoinHandle<()>) {
-    let listen = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let port = listen.local_addr().unwrap().port();
-    let server: SocketAddr = (Ipv4Addr::new(127, 0, 0, 2), port).into();
-    let task = tokio::spawn(async move {
-        // Per client: its upstream socket and how many DTLS datagrams it has sent.
-        let mut clients: HashMap<SocketAddr, (Arc<UdpSocket>, usize)> = HashMap::new();
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let Ok((n, from)) = listen.recv_from(&mut buf).await else {
-                continue;
-            };
-            if let Entry::Vacant(slot) = clients.entry(from) {
-                let upstream = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-                tokio::spawn(downstream(
-                    upstream.clone(),
-                    listen.clone(),
-                    from,
-                    rules.down.clone(),
-                ));
-                slot.insert((upstream, 0));
-            }
-            let (upstream, dtls) = clients.get_mut(&from).expect("inserted above");
-            let fate = if is_dtls(&buf[..n]) {
-                *dtls += 1;
-                rules.up.get(dtls).copied()
-            } else {
-                None
-            };
-            pass(upstream.clone(), server, buf[..n].to_vec(), fate);
-        }
-    });
-    (port, task)
+        table.get(n).copied().unwrap_or(Fate::Pass)
+    })
 }
 
 /// Two peers join one room through the relay; both must finish DTLS. The handshake's own
 /// retransmissions take a few seconds, so the wait is longer than `WAIT`.
 async fn both_connect(rules: Rules, case: &str) {
-    let (port, relay_task) = relay(rules).await;
-    let server = consilium::start(Config {
-        media_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), port),
-        advertised_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        ..Config::for_tests()
-    })
-    .await
-    .expect("server starts");
+    let relay = relay::start(policy(rules)).await;
+    let server = relay::server_behind(&relay).await;
     let url = format!("ws://{}/ws", server.http_addr);
     let mut a = Participant::join(ParticipantConfig::new(&url, "lossy", "A"))
         .await
@@ -142,7 +67,6 @@ async fn both_connect(rules: Rules, case: &str) {
     a.leave().await;
     b.leave().await;
     common::stop(server).await;
-    relay_task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

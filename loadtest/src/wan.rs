@@ -275,6 +275,32 @@ struct Datagram {
     data: Vec<u8>,
 }
 
+/// What a datagram on a WebRTC media port is (RFC 7983), for the relay's trace log
+/// (`LOADTEST_LOG=loadtest::wan=trace`): which flight a lost datagram belonged to is what
+/// explains a slow join.
+fn datagram_kind(d: &[u8]) -> &'static str {
+    match d.first() {
+        Some(0..=3) => match d.get(..2) {
+            Some([0x00, 0x01]) => "stun request",
+            Some([0x01, 0x01]) => "stun success",
+            _ => "stun other",
+        },
+        // A DTLS record: content type, then for a handshake record (22) its message type
+        // at byte 13.
+        Some(22) => match d.get(13) {
+            Some(1) => "dtls client_hello",
+            Some(2) => "dtls server_hello",
+            Some(11) => "dtls certificate",
+            Some(16) => "dtls client_key_exchange",
+            _ => "dtls handshake",
+        },
+        Some(20) => "dtls change_cipher_spec",
+        Some(20..=63) => "dtls other",
+        Some(128..=191) => "rtp/rtcp",
+        _ => "other",
+    }
+}
+
 /// Sends datagrams at their delivery times.
 async fn deliver(mut incoming: mpsc::UnboundedReceiver<(Instant, Datagram)>) {
     let mut queue = DelayQueue::default();
@@ -351,7 +377,12 @@ async fn udp_relay(
                 }
                 let client = clients.get_mut(&from).expect("inserted above");
                 client.last_seen = now;
-                match up.schedule(now) {
+                let at = up.schedule(now);
+                tracing::trace!(
+                    %from, dir = "up", kind = datagram_kind(&buf[..n]), len = n,
+                    dropped = at.is_none(), "datagram"
+                );
+                match at {
                     Some(at) => {
                         count(&counters.up_forwarded);
                         let _ = tx.send((at, Datagram {
@@ -391,7 +422,12 @@ async fn udp_downstream(
         let Ok((n, _)) = upstream.recv_from(&mut buf).await else {
             continue;
         };
-        match link.schedule(Instant::now()) {
+        let at = link.schedule(Instant::now());
+        tracing::trace!(
+            to = %client, dir = "down", kind = datagram_kind(&buf[..n]), len = n,
+            dropped = at.is_none(), "datagram"
+        );
+        match at {
             Some(at) => {
                 count(&counters.down_forwarded);
                 let _ = tx.send((

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod relay;
 
 use consilium::{Config, Server};
 use futures_util::{SinkExt, StreamExt};
