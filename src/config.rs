@@ -95,6 +95,8 @@ pub struct Config {
     /// A media connection silent for this long is dropped (browsers send consent checks
     /// every few seconds).
     pub media_silence_timeout: Duration,
+    /// How long a join over HTTP and its WebSocket wait for each other (`POST /join`).
+    pub attach_timeout: Duration,
 }
 
 impl Config {
@@ -114,6 +116,7 @@ impl Config {
             max_instance_bytes: DEFAULT_MAX_INSTANCE,
             media_connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             media_silence_timeout: DEFAULT_SILENCE_TIMEOUT,
+            attach_timeout: crate::session::ATTACH_TIMEOUT,
         }
     }
 
@@ -175,6 +178,7 @@ impl Config {
                 .unwrap_or(DEFAULT_MAX_INSTANCE),
             media_connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             media_silence_timeout: DEFAULT_SILENCE_TIMEOUT,
+            attach_timeout: crate::session::ATTACH_TIMEOUT,
         })
     }
 }

@@ -2,10 +2,13 @@
 
 use crate::{AppState, session};
 use axum::Router;
-use axum::extract::{State, WebSocketUpgrade};
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use consilium_signaling::rendezvous::valid_session_key;
+use consilium_signaling::{ServerMessage, SignalingError};
+use serde::Deserialize;
 use std::path::Path;
 use tower_http::services::ServeDir;
 
@@ -18,6 +21,7 @@ pub fn router(state: AppState, web_root: &Path) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/ws", get(websocket))
+        .route("/join", post(join))
         .nest("/dicomweb", crate::studies::router())
         .fallback_service(ServeDir::new(web_root).append_index_html_on_directories(true))
         .with_state(state)
@@ -55,9 +59,81 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 /// signaling messages of a few KiB that was most of a join's CPU in the WebSocket layer.
 pub const WS_READ_BUFFER: usize = 8 * 1024;
 
-async fn websocket(ws: WebSocketUpgrade, State(state): State<AppState>) -> impl IntoResponse {
+/// The session key a join over HTTP and its WebSocket both name (`?session=`).
+#[derive(Deserialize)]
+struct SessionQuery {
+    session: Option<String>,
+}
+
+fn session_key(query: &SessionQuery) -> Result<Option<String>, SignalingError> {
+    match &query.session {
+        None => Ok(None),
+        Some(key) if valid_session_key(key) => Ok(Some(key.clone())),
+        Some(_) => Err(SignalingError::BadMessage(
+            "the session key is 22 to 64 characters of A-Z, a-z, 0-9, '_' and '-'".into(),
+        )),
+    }
+}
+
+/// A refusal over HTTP: the status, and the same `error` message the WebSocket would send.
+fn refusal(err: &SignalingError) -> Response {
+    let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        ServerMessage::error(err).to_json(),
+    )
+        .into_response()
+}
+
+async fn websocket(
+    ws: WebSocketUpgrade,
+    Query(query): Query<SessionQuery>,
+    State(state): State<AppState>,
+) -> Response {
+    let key = match session_key(&query) {
+        Ok(key) => key,
+        Err(e) => return refusal(&e),
+    };
     ws.max_message_size(WS_TRANSPORT_LIMIT)
         .max_frame_size(WS_TRANSPORT_LIMIT)
         .read_buffer_size(WS_READ_BUFFER)
-        .on_upgrade(move |socket| session::run(socket, state))
+        .on_upgrade(move |socket| async move {
+            match key {
+                Some(key) => session::attach(socket, state, key).await,
+                None => session::run(socket, state).await,
+            }
+        })
+}
+
+/// `POST /join?session=KEY`: a `join` message in, the `joined` message (with the answer)
+/// out; the WebSocket that names the same key carries the rest of the session.
+async fn join(
+    Query(query): Query<SessionQuery>,
+    State(state): State<AppState>,
+    body: String,
+) -> Response {
+    let key = match session_key(&query) {
+        Ok(Some(key)) => key,
+        Ok(None) => {
+            return refusal(&SignalingError::BadMessage(
+                "POST /join needs ?session=KEY, the key its WebSocket will name".into(),
+            ));
+        }
+        Err(e) => return refusal(&e),
+    };
+    match session::join_over_http(state, key, &body).await {
+        Ok(joined) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            joined.to_json(),
+        )
+            .into_response(),
+        Err(e) => refusal(&e),
+    }
 }

@@ -13,6 +13,7 @@ pub mod studies;
 
 use anyhow::Context;
 use consilium_sfu::{Sfu, SfuConfig, SfuHandle};
+use consilium_signaling::rendezvous::Rendezvous;
 use consilium_signaling::{RoomRegistry, TokenAuthority};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,10 @@ pub struct AppState {
     pub collab: Arc<collab::Collaboration>,
     /// The DICOMweb study store (uploaded studies, their index, decoded frames).
     pub studies: Arc<studies::StudyStore>,
+    /// Joins made over HTTP, waiting for (or awaited by) the WebSocket that takes each over.
+    pub joins: Arc<Rendezvous<session::Parked>>,
+    /// How long a join over HTTP and its WebSocket wait for each other.
+    pub attach_timeout: std::time::Duration,
     /// Turns true once when the server shuts down; every session watches it.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -106,6 +111,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         metrics,
         collab: collab.clone(),
         studies,
+        joins: Arc::default(),
+        attach_timeout: config.attach_timeout,
         shutdown: shutdown_rx.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.http)

@@ -4,6 +4,11 @@
 //! to a room, asks the SFU for a media peer, relays renegotiation, room events and data
 //! channel messages, and on any exit (leave, close, network loss, media failure, server
 //! shutdown) removes the participant from both.
+//!
+//! A session can also begin with a join over HTTP ([`join_over_http`]): the join's answer
+//! goes back in the HTTP response while the client's WebSocket, opened at the same time and
+//! naming the same session key, takes the session over ([`attach`]); what the session says
+//! meanwhile waits in its queues (`docs/protocol.md`, "Joining over HTTP").
 
 use crate::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -13,6 +18,7 @@ use consilium_signaling::collab::{Collaborator, collab_type};
 use consilium_signaling::protocol::{
     IceCandidate, MAX_DATA_MESSAGE_BYTES, MAX_FRAME_BYTES, MediaConnectionState,
 };
+use consilium_signaling::rendezvous::KeyInUse;
 use consilium_signaling::{
     ClientMessage, PROTOCOL_VERSION, ParticipantId, ServerMessage, SignalingError, validate,
 };
@@ -29,6 +35,12 @@ const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// Close code for a message over the size limit (RFC 6455).
 const CLOSE_TOO_BIG: u16 = 1009;
 
+/// By default, how long a join made over HTTP waits for its WebSocket before the participant
+/// is taken out again, and how long a WebSocket naming a session key waits for that join
+/// (`Config::attach_timeout`). Both requests leave the client together, so either wait is
+/// normally a round trip or less.
+pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct Joined {
     room: String,
     id: ParticipantId,
@@ -36,12 +48,15 @@ struct Joined {
     collaborator: Collaborator,
 }
 
-/// The server-side phases of one join, as offsets from the WebSocket accept.
+/// The server-side phases of one join, as offsets from the WebSocket accept (or, for a join
+/// over HTTP, from the join request).
 struct JoinTimeline {
     accepted: std::time::Instant,
     phases: Vec<(&'static str, Duration)>,
     logged: bool,
     client_reported: bool,
+    /// The join came over HTTP: its WebSocket is accepted later, as a phase of its own.
+    over_http: bool,
 }
 
 /// Every server phase; the join's log line is written once all are in (or at leave).
@@ -54,6 +69,7 @@ impl JoinTimeline {
             phases: Vec::with_capacity(SERVER_PHASES),
             logged: false,
             client_reported: false,
+            over_http: false,
         }
     }
 }
@@ -63,18 +79,151 @@ enum Flow {
     Close(u16, &'static str),
 }
 
+/// A session with no socket yet, and the receiving ends of its queues: what a join over HTTP
+/// leaves for its WebSocket to take over.
+pub struct Parked {
+    session: Session,
+    outbox: mpsc::Receiver<ServerMessage>,
+    peer_events: mpsc::Receiver<PeerEvent>,
+}
+
+impl Parked {
+    fn new(state: AppState) -> Self {
+        let (outbox_tx, outbox) = mpsc::channel::<ServerMessage>(256);
+        let (peer_tx, peer_events) = mpsc::channel::<PeerEvent>(256);
+        Parked {
+            session: Session {
+                state,
+                joined: None,
+                outbox_tx,
+                peer_tx,
+                timeline: JoinTimeline::new(),
+            },
+            outbox,
+            peer_events,
+        }
+    }
+}
+
+/// A signaling WebSocket that joins on the socket itself (the `join` message).
 pub async fn run(socket: WebSocket, state: AppState) {
+    serve(socket, Parked::new(state)).await;
+}
+
+/// A signaling WebSocket that takes over the session a join over HTTP made under `key`,
+/// waiting for that join if it has not arrived yet.
+pub async fn attach(socket: WebSocket, state: AppState, key: String) {
+    match state.joins.claim(&key, state.attach_timeout).await {
+        Some(mut parked) => {
+            parked
+                .session
+                .phase("ws_accepted", std::time::Instant::now());
+            serve(socket, parked).await;
+        }
+        None => {
+            let err = SignalingError::UnknownSession;
+            tracing::info!(error = %err, "signaling socket named an unknown session");
+            let mut socket = socket;
+            let _ = socket
+                .send(Message::Text(ServerMessage::error(&err).to_json().into()))
+                .await;
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame {
+                    code: 1008,
+                    reason: Utf8Bytes::from_static("unknown session"),
+                })))
+                .await;
+        }
+    }
+}
+
+/// Joins a room from a `join` message that came in an HTTP request body, and leaves the
+/// session under `key` for the WebSocket that will carry the rest of it. Returns the
+/// `joined` message (with the answer) for the response.
+pub async fn join_over_http(
+    state: AppState,
+    key: String,
+    body: &str,
+) -> Result<ServerMessage, SignalingError> {
+    let mut parked = Parked::new(state.clone());
+    parked.session.timeline.over_http = true;
+    let result = async {
+        if body.len() > MAX_FRAME_BYTES {
+            return Err(SignalingError::BadMessage(format!(
+                "a join is at most {MAX_FRAME_BYTES} bytes"
+            )));
+        }
+        let ClientMessage::Join {
+            v,
+            room,
+            name,
+            token,
+            offer,
+        } = ClientMessage::parse(body)?
+        else {
+            return Err(SignalingError::BadMessage(
+                "POST /join takes a join message; everything else goes over the WebSocket".into(),
+            ));
+        };
+        state
+            .metrics
+            .signaling_messages
+            .with_label_values(&["join"])
+            .inc();
+        if state.joins.is_offered(&key) {
+            return Err(SignalingError::AlreadyJoined);
+        }
+        parked.session.join(v, room, name, token, offer).await
+    }
+    .await;
+    let joined = match result {
+        Ok(joined) => joined,
+        Err(e) => {
+            parked.session.refuse(&e);
+            return Err(e);
+        }
+    };
+    // The server's only candidate is in the answer.
+    parked
+        .session
+        .send(ServerMessage::Candidate { candidate: None });
+    match state.joins.offer(&key, parked) {
+        Ok(ticket) => {
+            let joins = state.joins.clone();
+            let mut shutdown = state.shutdown.clone();
+            let wait = state.attach_timeout;
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stopped(&mut shutdown) => {}
+                }
+                if let Some(mut parked) = joins.withdraw(&key, ticket) {
+                    tracing::info!("joined over HTTP, but no signaling socket came: leaving");
+                    parked.session.leave().await;
+                }
+            });
+            Ok(joined)
+        }
+        Err(KeyInUse(mut parked)) => {
+            // Another join under the same key got in first, while this one was joining.
+            parked.session.leave().await;
+            let e = SignalingError::AlreadyJoined;
+            parked.session.refuse(&e);
+            Err(e)
+        }
+    }
+}
+
+/// Serves one signaling WebSocket for `parked`'s session until either side ends it.
+async fn serve(socket: WebSocket, parked: Parked) {
+    let Parked {
+        mut session,
+        mut outbox,
+        mut peer_events,
+    } = parked;
+    let state = session.state.clone();
     state.metrics.websockets.inc();
     let (mut sink, mut stream) = socket.split();
-    let (outbox_tx, mut outbox) = mpsc::channel::<ServerMessage>(256);
-    let (peer_tx, mut peer_events) = mpsc::channel::<PeerEvent>(256);
-    let mut session = Session {
-        state: state.clone(),
-        joined: None,
-        outbox_tx,
-        peer_tx,
-        timeline: JoinTimeline::new(),
-    };
     let mut shutdown = state.shutdown.clone();
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.reset();
@@ -279,7 +428,10 @@ impl Session {
                 token,
                 offer,
             } => {
-                self.join(v, room, name, token, offer).await?;
+                let joined = self.join(v, room, name, token, offer).await?;
+                self.send(joined);
+                // The server's only candidate is in the answer.
+                self.send(ServerMessage::Candidate { candidate: None });
                 Ok(Flow::Continue)
             }
             ClientMessage::Candidate { candidate } => {
@@ -329,6 +481,8 @@ impl Session {
         }
     }
 
+    /// Admits the participant and makes its media peer; returns the `joined` message with
+    /// the answer, for the caller to deliver (on the socket, or in the HTTP response).
     async fn join(
         &mut self,
         v: u32,
@@ -336,7 +490,7 @@ impl Session {
         name: String,
         token: Option<String>,
         offer: String,
-    ) -> Result<(), SignalingError> {
+    ) -> Result<ServerMessage, SignalingError> {
         if self.joined.is_some() {
             return Err(SignalingError::AlreadyJoined);
         }
@@ -380,20 +534,25 @@ impl Session {
                 });
             }
         };
-        tracing::info!(%room, participant = %admission.id, role = admission.role.as_str(), "joined");
-        self.send(ServerMessage::Joined {
+        let over = if self.timeline.over_http {
+            "http"
+        } else {
+            "websocket"
+        };
+        tracing::info!(%room, participant = %admission.id, role = admission.role.as_str(), over, "joined");
+        let joined = ServerMessage::Joined {
             v: PROTOCOL_VERSION,
             participant_id: admission.id.clone(),
             room: room.clone(),
             role: admission.role,
             answer,
             participants: admission.others,
-        });
-        // The server's only candidate is in the answer.
-        self.send(ServerMessage::Candidate { candidate: None });
+        };
         // A join refused and retried on the same socket restarts the timeline here.
         self.timeline.phases.clear();
-        self.timeline.phases.push(("ws_accepted", Duration::ZERO));
+        if !self.timeline.over_http {
+            self.timeline.phases.push(("ws_accepted", Duration::ZERO));
+        }
         self.phase("join_received", received);
         self.phase("answer_sent", std::time::Instant::now());
         self.state.rooms.announce(&room, &admission.id);
@@ -410,7 +569,7 @@ impl Session {
             },
             id: admission.id,
         });
-        Ok(())
+        Ok(joined)
     }
 
     async fn peer_event(&mut self, event: PeerEvent) -> Flow {

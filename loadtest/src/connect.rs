@@ -28,6 +28,8 @@ pub struct ConnectOptions {
     pub receive_only: bool,
     pub bind_ip: IpAddr,
     pub label: Option<String>,
+    /// Joiners join with `POST /join`, the WebSocket opening alongside.
+    pub join_over_http: bool,
     /// Print progress to stderr.
     pub progress: bool,
 }
@@ -142,6 +144,7 @@ pub async fn run(options: &ConnectOptions) -> anyhow::Result<Report> {
                 config.bind_ip = options.bind_ip;
                 config.publish_audio = !options.receive_only;
                 config.publish_video = !options.receive_only;
+                config.join_over_http = options.join_over_http;
                 match measure_one(config, options.timeout).await {
                     Ok(s) => samples.push(s),
                     Err(e) => {
@@ -174,6 +177,7 @@ pub async fn run(options: &ConnectOptions) -> anyhow::Result<Report> {
             concurrency,
             room_size: options.room_size,
             receive_only: options.receive_only,
+            join_over_http: options.join_over_http,
             duration_s,
             machine: Machine::this(),
         },

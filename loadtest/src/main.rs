@@ -125,6 +125,17 @@ struct ConnectArgs {
     /// A name for this run in the report (e.g. "loopback" or "100 ms RTT").
     #[arg(long)]
     label: Option<String>,
+    /// How the measured joiners join: `http` (`POST /join` with the offer while the
+    /// WebSocket opens alongside: a round trip less) or `websocket` (a `join` message once
+    /// the socket is open).
+    #[arg(long, value_enum, default_value_t = JoinOver::Http)]
+    join: JoinOver,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum JoinOver {
+    Http,
+    Websocket,
 }
 
 const RUN_HELP: &str = "\
@@ -322,6 +333,7 @@ async fn run_connect(args: ConnectArgs) -> anyhow::Result<()> {
         receive_only: args.receive_only,
         bind_ip: args.bind_ip,
         label: args.label,
+        join_over_http: args.join == JoinOver::Http,
         progress: true,
     })
     .await?;

@@ -68,6 +68,9 @@ pub struct ParticipantConfig {
     /// Discard every n-th RTP datagram that arrives once media is up: downlink loss that
     /// the SFU must repair on NACK (the peer's NACK generator asks for what is missing).
     pub drop_every_nth_rtp: Option<u32>,
+    /// Join with `POST /join` while the WebSocket opens alongside (`docs/protocol.md`,
+    /// "Joining over HTTP") instead of with a `join` message on the open socket.
+    pub join_over_http: bool,
 }
 
 impl ParticipantConfig {
@@ -85,6 +88,7 @@ impl ParticipantConfig {
             keep_latency_samples: true,
             bind_ip: IpAddr::from([127, 0, 0, 1]),
             drop_every_nth_rtp: None,
+            join_over_http: false,
         }
     }
 }
@@ -219,17 +223,6 @@ impl Participant {
     /// Connects, joins and starts the media loop. Fails on a signaling `error`.
     pub async fn join(config: ParticipantConfig) -> anyhow::Result<Participant> {
         let started = Instant::now();
-        // TCP_NODELAY, as browsers set it: small signaling messages must not wait for the
-        // ACK of the previous one (Nagle + delayed ACK = 40 ms stalls on Linux).
-        // A small read buffer: tungstenite zero-fills all of it (128 KiB by default) before
-        // every read, which was 13 % of the load generator's CPU in a connect benchmark.
-        let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(8 * 1024);
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async_with_config(&config.ws_url, Some(ws_config), true)
-                .await
-                .with_context(|| format!("connecting to {}", config.ws_url))?;
-        let ws_open = Instant::now();
         let socket = UdpSocket::bind(SocketAddr::new(config.bind_ip, 0)).await?;
         let local_addr = socket.local_addr()?;
         let mut peer = ClientPeer::new(&config, local_addr)?;
@@ -237,19 +230,34 @@ impl Participant {
         let join = json!({
             "type": "join", "v": 1, "room": config.room, "name": config.name,
             "token": config.token, "offer": offer,
-        });
-        ws.send(Message::Text(join.to_string().into())).await?;
-        let joined = loop {
-            let msg = next_json(&mut ws).await?;
-            match msg["type"].as_str() {
-                Some("joined") => break msg,
-                Some("error") => bail!(
-                    "join refused: {} ({})",
-                    msg["code"].as_str().unwrap_or(""),
-                    msg["message"].as_str().unwrap_or("")
-                ),
-                _ => continue,
+        })
+        .to_string();
+        let (signal, joined, ws_open) = if config.join_over_http {
+            // Both requests leave now; the answer comes back on the POST, and the socket,
+            // naming the same key, takes the session over when it is open.
+            let key = session_key();
+            let ws_url = with_session_key(&config.ws_url, &key);
+            let connecting = tokio::spawn(async move { connect_ws(&ws_url).await });
+            match post_join(&config.ws_url, &key, &join).await {
+                Ok(joined) => (Signal::Connecting(connecting), joined, None),
+                Err(e) => {
+                    connecting.abort();
+                    return Err(e);
+                }
             }
+        } else {
+            let mut ws = connect_ws(&config.ws_url).await?;
+            let ws_open = Instant::now();
+            ws.send(Message::Text(join.into())).await?;
+            let joined = loop {
+                let msg = next_json(&mut ws).await?;
+                match msg["type"].as_str() {
+                    Some("joined") => break msg,
+                    Some("error") => bail!("join refused: {}", refusal(&msg)),
+                    _ => continue,
+                }
+            };
+            (Signal::Open(Box::new(ws)), joined, Some(ws_open))
         };
         let joined_at = Instant::now();
         let id = joined["participant_id"]
@@ -262,12 +270,15 @@ impl Participant {
             .to_owned();
         peer.apply_answer(answer)?;
         // Trickle our one candidate, as a browser would.
-        ws.send(Message::Text(
-            json!({"type": "candidate", "candidate": peer.local_candidate.clone()})
-                .to_string()
-                .into(),
-        ))
-        .await?;
+        let candidate =
+            json!({"type": "candidate", "candidate": peer.local_candidate.clone()}).to_string();
+        let (ws, connecting, unsent) = match signal {
+            Signal::Open(mut ws) => {
+                ws.send(Message::Text(candidate.into())).await?;
+                (Some(*ws), None, Vec::new())
+            }
+            Signal::Connecting(task) => (None, Some(task), vec![candidate]),
+        };
         let others = joined["participants"]
             .as_array()
             .map(|a| {
@@ -281,7 +292,7 @@ impl Participant {
         let stats = Arc::new(Mutex::new(Stats {
             timings: JoinTimings {
                 started: Some(started),
-                ws_open: Some(ws_open),
+                ws_open,
                 joined: Some(joined_at),
                 ..Default::default()
             },
@@ -292,6 +303,8 @@ impl Participant {
         let task = tokio::spawn(
             Loop {
                 ws,
+                connecting,
+                unsent,
                 socket,
                 local_addr,
                 peer,
@@ -364,6 +377,110 @@ impl Participant {
 impl Drop for Participant {
     fn drop(&mut self) {
         let _ = self.commands.send(Command::Leave);
+    }
+}
+
+/// The signaling socket as a join leaves it: open, or still connecting (a join over HTTP).
+enum Signal {
+    Open(Box<Ws>),
+    Connecting(tokio::task::JoinHandle<anyhow::Result<Ws>>),
+}
+
+async fn connect_ws(url: &str) -> anyhow::Result<Ws> {
+    // TCP_NODELAY, as browsers set it: small signaling messages must not wait for the
+    // ACK of the previous one (Nagle + delayed ACK = 40 ms stalls on Linux).
+    // A small read buffer: tungstenite zero-fills all of it (128 KiB by default) before
+    // every read, which was 13 % of the load generator's CPU in a connect benchmark.
+    let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config), true)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    Ok(ws)
+}
+
+/// A fresh session key: 32 characters of a URL-safe alphabet (190 bits).
+fn session_key() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn with_session_key(ws_url: &str, key: &str) -> String {
+    let sep = if ws_url.contains('?') { '&' } else { '?' };
+    format!("{ws_url}{sep}session={key}")
+}
+
+/// `code (message)` of a signaling `error` message.
+fn refusal(msg: &Value) -> String {
+    format!(
+        "{} ({})",
+        msg["code"].as_str().unwrap_or(""),
+        msg["message"].as_str().unwrap_or("")
+    )
+}
+
+/// Where `POST /join` is for a signaling URL: `ws://host:port/prefix/ws` →
+/// (`host:port`, `/prefix/join`).
+fn join_endpoint(ws_url: &str) -> anyhow::Result<(String, String)> {
+    let rest = ws_url
+        .strip_prefix("ws://")
+        .ok_or_else(|| anyhow!("joining over HTTP needs a ws:// URL, not {ws_url}"))?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let path = path.split('?').next().unwrap_or("");
+    let prefix = path
+        .strip_suffix("ws")
+        .ok_or_else(|| anyhow!("the signaling URL's path ends in /ws: {ws_url}"))?;
+    Ok((authority.to_owned(), format!("/{prefix}join")))
+}
+
+/// `POST /join?session=KEY` with the `join` message; the `joined` message it returns.
+/// HTTP/1.1 by hand on a fresh connection (`Connection: close`), as a cold client's first
+/// request would be: the TCP handshake and one request, two round trips.
+async fn post_join(ws_url: &str, key: &str, join: &str) -> anyhow::Result<Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (authority, path) = join_endpoint(ws_url)?;
+    let mut tcp = tokio::net::TcpStream::connect(&authority)
+        .await
+        .with_context(|| format!("connecting to {authority}"))?;
+    tcp.set_nodelay(true)?;
+    let request = format!(
+        "POST {path}?session={key} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{join}",
+        join.len()
+    );
+    tcp.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tcp.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("POST /join: no HTTP response"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("POST /join: bad status line"))?;
+    let msg: Value = serde_json::from_str(body)
+        .with_context(|| format!("POST /join: {status} without a JSON body"))?;
+    if status != 200 {
+        bail!("join refused: {}", refusal(&msg));
+    }
+    if msg["type"] != "joined" {
+        bail!("POST /join answered {}, not joined", msg["type"]);
+    }
+    Ok(msg)
+}
+
+/// The next message of the socket, once there is one (never, while it is still opening).
+async fn next_message(
+    ws: &mut Option<Ws>,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    match ws {
+        Some(ws) => ws.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -465,7 +582,20 @@ impl ClientPeer {
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
             .build(Instant::now())?;
-        let stream = format!("{}-local", config.name);
+        // The stream and track ids go into the SDP's `msid` (RFC 8830: tokens, no spaces),
+        // and display names have spaces ("Dr A").
+        let id_safe: String = config
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let stream = format!("{id_safe}-local");
         let mut outgoing = Vec::new();
         let mut tracks: Vec<(Kind, &str, RTCRtpCodec, Box<dyn MediaSource + Send>)> = Vec::new();
         // Publishers sharing a clip start at different places in it.
@@ -598,7 +728,12 @@ impl ClientPeer {
 }
 
 struct Loop {
-    ws: Ws,
+    /// The signaling socket, once open.
+    ws: Option<Ws>,
+    /// The socket of a join over HTTP while it opens.
+    connecting: Option<tokio::task::JoinHandle<anyhow::Result<Ws>>>,
+    /// What was to go out on the socket before it was open.
+    unsent: Vec<String>,
     socket: UdpSocket,
     local_addr: SocketAddr,
     peer: ClientPeer,
@@ -629,7 +764,29 @@ impl Loop {
                 .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
             tokio::select! {
-                msg = self.ws.next() => {
+                opened = async { self.connecting.as_mut().expect("guarded").await }, if self.connecting.is_some() => {
+                    self.connecting = None;
+                    match opened {
+                        Ok(Ok(ws)) => {
+                            if let Ok(mut s) = self.stats.lock() {
+                                s.timings.ws_open = Some(Instant::now());
+                            }
+                            self.ws = Some(ws);
+                            for text in std::mem::take(&mut self.unsent) {
+                                if let Err(e) = self.send_signal(text).await {
+                                    tracing::warn!(error = %e, "signaling send failed");
+                                }
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "signaling socket never opened");
+                            let _ = self.events.send(Event::Closed);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                msg = next_message(&mut self.ws) => {
                     match msg {
                         Some(Ok(Message::Text(t))) => {
                             if let Err(e) = self.signaling(&t).await {
@@ -672,8 +829,18 @@ impl Loop {
                     }
                     Some(Command::RequestKeyframes) => self.request_keyframes(),
                     Some(Command::Leave) | None => {
-                        let _ = self.ws.send(Message::Text(r#"{"type":"leave"}"#.into())).await;
-                        let _ = self.ws.close(None).await;
+                        // A socket still opening is given a moment, so that the leave is
+                        // said rather than left to the server's attach timeout.
+                        if let Some(task) = self.connecting.take()
+                            && let Ok(Ok(Ok(ws))) =
+                                tokio::time::timeout(Duration::from_secs(2), task).await
+                        {
+                            self.ws = Some(ws);
+                        }
+                        if let Some(ws) = &mut self.ws {
+                            let _ = ws.send(Message::Text(r#"{"type":"leave"}"#.into())).await;
+                            let _ = ws.close(None).await;
+                        }
                         let _ = self.peer.pc.close();
                         self.flush().await;
                         break;
@@ -696,16 +863,22 @@ impl Loop {
         }
     }
 
+    /// Sends on the signaling socket, or keeps the message until it is open.
+    async fn send_signal(&mut self, text: String) -> anyhow::Result<()> {
+        match &mut self.ws {
+            Some(ws) => ws.send(Message::Text(text.into())).await?,
+            None => self.unsent.push(text),
+        }
+        Ok(())
+    }
+
     async fn signaling(&mut self, text: &str) -> anyhow::Result<()> {
         let msg: Value = serde_json::from_str(text)?;
         match msg["type"].as_str().unwrap_or("") {
             "offer" => {
                 let sdp = msg["sdp"].as_str().unwrap_or_default().to_owned();
                 let answer = self.peer.answer_offer(sdp)?;
-                self.ws
-                    .send(Message::Text(
-                        json!({"type": "answer", "sdp": answer}).to_string().into(),
-                    ))
+                self.send_signal(json!({"type": "answer", "sdp": answer}).to_string())
                     .await?;
             }
             "participant_joined" => {

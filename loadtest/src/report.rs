@@ -52,7 +52,8 @@ pub struct Phases {
 pub struct Steps {
     /// start → WebSocket open (TCP connect + HTTP upgrade).
     pub ws_open_ms: Percentiles,
-    /// WebSocket open → `joined` (offer built, sent, admitted, answered).
+    /// WebSocket open → `joined` (offer built, sent, admitted, answered); for joins over
+    /// HTTP, start → `joined` (the socket opens alongside).
     pub join_ms: Percentiles,
     /// `joined` → peer connection connected (ICE + DTLS).
     pub media_connect_ms: Percentiles,
@@ -95,6 +96,9 @@ pub struct RunInfo {
     pub concurrency: usize,
     pub room_size: usize,
     pub receive_only: bool,
+    /// The joins used `POST /join` (the socket opening alongside) instead of a `join`
+    /// message on the open socket.
+    pub join_over_http: bool,
     pub duration_s: f64,
     pub machine: Machine,
 }
@@ -112,6 +116,9 @@ pub struct Report {
     pub concurrency: usize,
     pub room_size: usize,
     pub receive_only: bool,
+    /// How the joins joined: "http" (`POST /join`, the WebSocket opening alongside) or
+    /// "websocket" (a `join` message on the open socket).
+    pub join: &'static str,
     /// start of the join → first remote RTP, the headline figure.
     pub connect_ms: Percentiles,
     pub phases: Phases,
@@ -141,6 +148,11 @@ impl Report {
             concurrency: info.concurrency,
             room_size: info.room_size,
             receive_only: info.receive_only,
+            join: if info.join_over_http {
+                "http"
+            } else {
+                "websocket"
+            },
             connect_ms: Percentiles::of(&connect),
             phases: Phases {
                 ws_open_ms: col(|s| s.ws_open_ms),
@@ -151,7 +163,13 @@ impl Report {
             },
             steps: Steps {
                 ws_open_ms: col(|s| s.ws_open_ms),
-                join_ms: col(|s| s.joined_ms - s.ws_open_ms),
+                // Over HTTP the answer does not wait for the socket (which opens alongside):
+                // the join step is then the whole start → joined.
+                join_ms: if info.join_over_http {
+                    col(|s| s.joined_ms)
+                } else {
+                    col(|s| s.joined_ms - s.ws_open_ms)
+                },
                 media_connect_ms: col(|s| s.media_connected_ms - s.joined_ms),
                 ice_ms: col(|s| s.ice_connected_ms - s.joined_ms),
                 dtls_ms: col(|s| s.media_connected_ms - s.ice_connected_ms),
@@ -184,7 +202,14 @@ impl Report {
     fn step_rows(&self) -> Vec<(&'static str, &Percentiles)> {
         vec![
             ("start → ws_open", &self.steps.ws_open_ms),
-            ("ws_open → joined", &self.steps.join_ms),
+            (
+                if self.join == "http" {
+                    "start → joined (POST /join)"
+                } else {
+                    "ws_open → joined"
+                },
+                &self.steps.join_ms,
+            ),
             ("joined → ice_connected", &self.steps.ice_ms),
             ("ice_connected → media_connected", &self.steps.dtls_ms),
             ("(joined → media_connected)", &self.steps.media_connect_ms),
@@ -630,6 +655,7 @@ mod tests {
                 concurrency: 50,
                 room_size: 2,
                 receive_only: false,
+                join_over_http: false,
                 duration_s: 12.5,
                 machine: Machine {
                     cores: 2,
@@ -709,6 +735,7 @@ mod tests {
                 concurrency: 1,
                 room_size: 2,
                 receive_only: true,
+                join_over_http: true,
                 duration_s: 0.0,
                 machine: Machine::this(),
             },

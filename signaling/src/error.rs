@@ -18,6 +18,7 @@ pub enum ErrorCode {
     Forbidden,
     RoomFull,
     BadSdp,
+    UnknownSession,
     Internal,
 }
 
@@ -48,6 +49,10 @@ pub enum SignalingError {
     RoomFull { room: String, cap: usize },
     #[error("session description refused: {0}")]
     BadSdp(String),
+    #[error(
+        "no join under this session key arrived in time; join over HTTP first, or join on this socket"
+    )]
+    UnknownSession,
     #[error("internal error")]
     Internal,
 }
@@ -68,7 +73,25 @@ impl SignalingError {
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::RoomFull { .. } => ErrorCode::RoomFull,
             Self::BadSdp(_) => ErrorCode::BadSdp,
+            Self::UnknownSession => ErrorCode::UnknownSession,
             Self::Internal => ErrorCode::Internal,
+        }
+    }
+
+    /// The HTTP status of this refusal when the request came over HTTP (`POST /join`).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::BadMessage(_)
+            | Self::UnknownType(_)
+            | Self::UnsupportedVersion(_)
+            | Self::BadRoom(_)
+            | Self::BadName(_)
+            | Self::BadSdp(_) => 400,
+            Self::Unauthorized(_) | Self::TokenExpired => 401,
+            Self::Forbidden(_) => 403,
+            Self::NotJoined | Self::UnknownSession => 404,
+            Self::AlreadyJoined | Self::RoomFull { .. } => 409,
+            Self::Internal => 500,
         }
     }
 

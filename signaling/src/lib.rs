@@ -14,6 +14,7 @@ pub mod collab_proto;
 pub mod error;
 pub mod participant;
 pub mod protocol;
+pub mod rendezvous;
 pub mod room;
 pub mod validate;
 
