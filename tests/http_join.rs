@@ -124,9 +124,7 @@ async fn a_participant_joined_over_http_receives_and_is_received() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_that_opens_first_waits_for_its_join() {
     let server = start_with(Duration::from_secs(10), None).await;
-    let (mut ws, _) = connect_async(format!("ws://{}/ws?session={KEY}", server.http_addr))
-        .await
-        .unwrap();
+    let mut ws = socket_for_key(&server).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let resp = post_join(
         &server,
@@ -152,6 +150,14 @@ async fn a_socket_that_opens_first_waits_for_its_join() {
     ws.close(None).await.unwrap();
     wait_for_participants(&server, 0.0).await;
     common::stop(server).await;
+}
+
+/// A signaling socket naming the session key `KEY`.
+async fn socket_for_key(server: &Server) -> common::Ws {
+    let (ws, _) = connect_async(format!("ws://{}/ws?session={KEY}", server.http_addr))
+        .await
+        .unwrap();
+    ws
 }
 
 async fn next_of_type(ws: &mut common::Ws, kind: &str) -> Value {
@@ -183,9 +189,7 @@ async fn a_join_whose_socket_never_comes_is_taken_out_again() {
     assert_eq!(participants(&server).await, 1.0);
     wait_for_participants(&server, 0.0).await;
     // The key is spent: a socket naming it now finds nothing.
-    let (mut ws, _) = connect_async(format!("ws://{}/ws?session={KEY}", server.http_addr))
-        .await
-        .unwrap();
+    let mut ws = socket_for_key(&server).await;
     let refused = next_of_type(&mut ws, "error").await;
     assert_eq!(refused["code"], "unknown_session", "{refused}");
     common::stop(server).await;
@@ -194,9 +198,7 @@ async fn a_join_whose_socket_never_comes_is_taken_out_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_naming_a_session_nobody_joins_is_told_and_closed() {
     let server = start_with(Duration::from_millis(300), None).await;
-    let (mut ws, _) = connect_async(format!("ws://{}/ws?session={KEY}", server.http_addr))
-        .await
-        .unwrap();
+    let mut ws = socket_for_key(&server).await;
     let refused = next_of_type(&mut ws, "error").await;
     assert_eq!(refused["code"], "unknown_session", "{refused}");
     assert_eq!(common::expect_close(&mut ws).await, Some(1008));

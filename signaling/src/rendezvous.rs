@@ -180,6 +180,18 @@ mod tests {
     const KEY: &str = "k0123456789abcdefghijk";
     const LONG: Duration = Duration::from_secs(5);
 
+    /// A claim of `KEY` in a task of its own, returned once it waits.
+    async fn waiting_claimer(r: &Arc<Rendezvous<i32>>) -> tokio::task::JoinHandle<Option<i32>> {
+        let claimer = tokio::spawn({
+            let r = r.clone();
+            async move { r.claim(KEY, LONG).await }
+        });
+        while r.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        claimer
+    }
+
     #[test]
     fn keys_are_long_and_url_safe() {
         assert!(valid_session_key(KEY));
@@ -202,13 +214,7 @@ mod tests {
     #[tokio::test]
     async fn a_claimer_waits_for_its_offer() {
         let r = Arc::new(Rendezvous::default());
-        let claimer = tokio::spawn({
-            let r = r.clone();
-            async move { r.claim(KEY, LONG).await }
-        });
-        while r.is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let claimer = waiting_claimer(&r).await;
         r.offer(KEY, 7).unwrap();
         assert_eq!(claimer.await.unwrap(), Some(7));
         assert!(r.is_empty());
@@ -225,13 +231,7 @@ mod tests {
     #[tokio::test]
     async fn a_second_claimer_of_a_key_gets_nothing() {
         let r = Arc::new(Rendezvous::default());
-        let first = tokio::spawn({
-            let r = r.clone();
-            async move { r.claim(KEY, LONG).await }
-        });
-        while r.is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let first = waiting_claimer(&r).await;
         assert_eq!(r.claim(KEY, LONG).await, None);
         r.offer(KEY, 3).unwrap();
         assert_eq!(first.await.unwrap(), Some(3));
@@ -251,13 +251,7 @@ mod tests {
     #[tokio::test]
     async fn an_abandoned_claim_frees_its_key_and_the_offer_is_kept() {
         let r = Arc::new(Rendezvous::default());
-        let claimer = tokio::spawn({
-            let r = r.clone();
-            async move { r.claim(KEY, LONG).await }
-        });
-        while r.is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let claimer = waiting_claimer(&r).await;
         claimer.abort();
         let _ = claimer.await;
         assert!(r.is_empty(), "the aborted claim's slot is gone");

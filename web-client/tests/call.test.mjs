@@ -215,12 +215,21 @@ test('the join form joins a room', { timeout: 60_000 }, async () => {
 });
 
 test('a bad room name shows the server’s error and the page keeps working', { timeout: 60_000 }, async () => {
-  const page = await openPage(browser, callUrl(server.url, { room: 'bad room!', name: 'Dave' }));
+  // A deep link joins over HTTP (POST /join): the server's error comes in its response.
+  const replies = [];
+  const recordJoin = async (route) => {
+    const response = await route.fetch();
+    replies.push(await response.json());
+    await route.fulfill({ response });
+  };
+  const page = await openPage(browser, callUrl(server.url, { room: 'bad room!', name: 'Dave' }), {
+    routes: [['**/join?session=*', recordJoin]],
+  });
   try {
     await withLogs([page], async () => {
       const banner = page.locator('#error');
       await banner.waitFor({ state: 'visible', timeout: 20_000 });
-      const serverError = await waitFor(() => page.wsReceived.find((m) => m.type === 'error'), {
+      const serverError = await waitFor(() => [...replies, ...page.wsReceived].find((m) => m.type === 'error'), {
         timeout: 5_000,
         message: 'the server’s error message',
       });

@@ -1,6 +1,6 @@
 // The early join of a deep link: index.html's head script opens the signaling socket, builds
-// the RTCPeerConnection and sends `join` before the ES modules load; js/call/session.js
-// adopts them. These tests check that a deep link takes that path (one PeerConnection, one
+// the RTCPeerConnection and joins over HTTP (POST /join, the socket naming the same session
+// key) before the ES modules load; js/call/session.js adopts them. These tests check that a deep link takes that path (one PeerConnection, one
 // join, media both ways), that a reconnect builds a fresh PeerConnection, and that the page
 // still joins when the early path is missing or fails (socket closed, no RTCPeerConnection in
 // the head, the early offer failing).
@@ -38,9 +38,9 @@ const withLogs = (pages, fn) => withPageLogs(pages, fn, () => server);
 
 /**
  * Runs in the page before its own scripts: counts the RTCPeerConnections and WebSockets it
- * creates (window.__pcs, window.__sockets), and notes for each `join` sent whether the
- * modules (window.consilium) had run yet (window.__joins). `faults` breaks the early path:
- * closeFirstSocket, noFirstPeerConnection, failFirstOffer.
+ * creates (window.__pcs, window.__sockets), and notes for each join sent, on a socket or as
+ * POST /join, how and whether the modules (window.consilium) had run yet (window.__joins).
+ * `faults` breaks the early path: closeFirstSocket, noFirstPeerConnection, failFirstOffer.
  */
 function instrument(faults = {}) {
   const NativePC = window.RTCPeerConnection;
@@ -69,12 +69,20 @@ function instrument(faults = {}) {
     }
     send(data) {
       try {
-        if (JSON.parse(data).type === 'join') window.__joins.push({ modulesRan: !!window.consilium });
+        const msg = JSON.parse(data);
+        if (msg.type === 'join') window.__joins.push({ over: 'websocket', msg, modulesRan: !!window.consilium });
       } catch {
         /* not JSON */
       }
       return super.send(data);
     }
+  };
+  const nativeFetch = window.fetch;
+  window.fetch = function (url, init) {
+    if (String(url).startsWith('/join') && init?.method === 'POST') {
+      window.__joins.push({ over: 'http', url: String(url), msg: JSON.parse(init.body), modulesRan: !!window.consilium });
+    }
+    return nativeFetch.call(this, url, init);
   };
 }
 
@@ -116,14 +124,21 @@ test('a deep link joins with the head script’s PeerConnection; a reconnect mak
       withLogs([alice, bob], async () => {
         await Promise.all([expectLiveRemote(alice, 'Bob'), expectLiveRemote(bob, 'Alice')]);
         const p = await probe(bob);
-        t.diagnostic(`Bob: ${JSON.stringify(p)}`);
+        t.diagnostic(`Bob: ${JSON.stringify({ ...p, joins: p.joins.map(({ msg, ...j }) => ({ ...j, type: msg.type })) })}`);
         assert.equal(p.earlyJoin, true, 'the session adopted the early call');
         assert.deepEqual(p.pcs, ['stable'], 'exactly one RTCPeerConnection, in use');
         assert.ok(p.adoptedFirstPc, 'the session’s PeerConnection is the head script’s');
         assert.equal(p.sockets, 1, 'one WebSocket');
         assert.equal(p.joins.length, 1, 'one join');
-        assert.equal(joinsSent(bob).length, 1);
-        const [join] = joinsSent(bob);
+        assert.equal(p.joins[0].over, 'http', 'the head script joined over HTTP');
+        assert.equal(p.joins[0].modulesRan, false, 'before the modules ran');
+        assert.equal(joinsSent(bob).length, 0, 'no join on the socket');
+        // The socket names the session key the POST names.
+        const key = new URL(p.joins[0].url, server.url).searchParams.get('session');
+        assert.match(key, /^[A-Za-z0-9_-]{32}$/);
+        assert.equal(await bob.evaluate(() => new URL(window.__sockets[0].url).searchParams.get('session')), key);
+        const join = p.joins[0].msg;
+        assert.equal(join.type, 'join');
         assert.equal(join.v, 1);
         assert.equal(join.room, room);
         assert.equal(join.name, 'Bob');
@@ -132,9 +147,9 @@ test('a deep link joins with the head script’s PeerConnection; a reconnect mak
         const kinds = [...join.offer.matchAll(/^m=(\w+)/gm)].map((m) => m[1]);
         assert.deepEqual(kinds, ['audio', 'video', 'application']);
         assert.equal(join.offer.match(/^a=sendonly/gm)?.length, 2, 'two sendonly sections');
-        // Truthful timings: the join left after the socket opened, the answer after the join.
+        // Truthful timings: the answer came after the join left; the socket opened alongside.
         const { ws_open, join_sent, joined } = p.timings;
-        assert.ok(ws_open <= join_sent && join_sent <= joined, JSON.stringify(p.timings));
+        assert.ok(join_sent <= joined && ws_open > 0, JSON.stringify(p.timings));
         // Bob's camera and microphone went onto the head script's transceivers by replaceTrack
         // (and Alice gets his video, above).
         assert.deepEqual(
@@ -168,7 +183,8 @@ test('a deep link joins with the head script’s PeerConnection; a reconnect mak
         assert.equal(p.earlyJoin, false);
         assert.deepEqual(p.pcs, ['closed', 'stable'], 'the early PeerConnection was closed');
         assert.equal(p.sockets, 2);
-        assert.equal(joinsSent(bob).length, 2);
+        assert.deepEqual(p.joins.map((j) => j.over), ['http', 'websocket'], 'the rejoin joins on its socket');
+        assert.equal(joinsSent(bob).length, 1);
         assert.deepEqual(bob.pageErrors, []);
       }),
     );
@@ -181,10 +197,11 @@ test('a deep link joins with the head script’s PeerConnection; a reconnect mak
 for (const [fault, expected] of [
   // The early socket is gone before the modules load: fresh socket, fresh PeerConnection.
   ['closeFirstSocket', { pcs: ['closed', 'stable'], sockets: 2 }],
-  // No RTCPeerConnection in the head (an old browser): the early socket, the session's PC.
-  ['noFirstPeerConnection', { pcs: ['threw', 'stable'], sockets: 1 }],
-  // The early offer fails: the early socket, a fresh PeerConnection, the session's join.
-  ['failFirstOffer', { pcs: ['closed', 'stable'], sockets: 1 }],
+  // No RTCPeerConnection in the head (an old browser): the head script closes its socket
+  // (it names a session key no join will come for); the session's socket and PC.
+  ['noFirstPeerConnection', { pcs: ['threw', 'stable'], sockets: 2 }],
+  // The early offer fails: no POST; a fresh socket and PeerConnection, the session's join.
+  ['failFirstOffer', { pcs: ['closed', 'stable'], sockets: 2 }],
 ]) {
   test(`without the early call (${fault}) a deep link still joins`, { timeout: 60_000 }, async () => {
     const room = uniqueRoom('fallback');
@@ -201,6 +218,7 @@ for (const [fault, expected] of [
         assert.deepEqual(p.pcs, expected.pcs);
         assert.equal(p.sockets, expected.sockets);
         assert.equal(p.joins.length, 1, 'one join');
+        assert.equal(p.joins[0].over, 'websocket');
         assert.equal(p.joins[0].modulesRan, true, 'sent by session.js');
         assert.equal(joinsSent(bob).length, 1);
         assert.equal(typeof p.timings.join_sent, 'number');
@@ -212,3 +230,60 @@ for (const [fault, expected] of [
     }
   });
 }
+
+test('the socket’s messages wait for a slow reply to the POST', { timeout: 60_000 }, async () => {
+  // The renegotiation offer that brings Alice's tracks is on Bob's socket before the answer
+  // to his join (held 700 ms here) is: the page must still apply the answer first.
+  const room = uniqueRoom('slowpost');
+  const alice = await openPage(browser, callUrl(server.url, { room, name: 'Alice' }));
+  const slowJoin = async (route) => {
+    const response = await route.fetch();
+    await new Promise((r) => setTimeout(r, 700));
+    await route.fulfill({ response });
+  };
+  const bob = await openPage(browser, callUrl(server.url, { room, name: 'Bob' }), {
+    init: instrument,
+    routes: [['**/join?session=*', slowJoin]],
+  });
+  try {
+    await withLogs([alice, bob], async () => {
+      await Promise.all([expectLiveRemote(alice, 'Bob'), expectLiveRemote(bob, 'Alice')]);
+      const p = await probe(bob);
+      assert.equal(p.earlyJoin, true);
+      assert.deepEqual(p.pcs, ['stable'], 'one PeerConnection: nothing failed and rejoined');
+      assert.equal(p.sockets, 1);
+      assert.deepEqual(p.joins.map((j) => j.over), ['http']);
+      // Alice's tracks came by the socket's offer, which arrived while the reply was held.
+      const offers = bob.wsReceived.filter((m) => m.type === 'offer');
+      assert.ok(offers.length >= 1, 'a renegotiation offer on the socket');
+      assert.ok(p.timings.joined - p.timings.join_sent >= 600, JSON.stringify(p.timings));
+      assert.deepEqual(bob.pageErrors, []);
+    });
+  } finally {
+    await closePage(alice);
+    await closePage(bob);
+  }
+});
+
+test('a join refused over HTTP ends the session with the server’s reason', { timeout: 60_000 }, async () => {
+  // An invalid room name: 400 with the `error` message, shown as for a join on the socket;
+  // no retry (it would get the same answer).
+  const bob = await openPage(browser, callUrl(server.url, { room: 'no room!', name: 'Bob' }), { init: instrument });
+  try {
+    await withLogs([bob], async () => {
+      let p;
+      await waitFor(
+        async () => {
+          p = await probe(bob);
+          return p.state === 'failed';
+        },
+        { timeout: 15_000, message: 'the session to fail', detail: () => JSON.stringify(p) },
+      );
+      assert.equal(await bob.evaluate(() => window.consilium.session.lastError?.code), 'bad_room');
+      assert.deepEqual(p.joins.map((j) => j.over), ['http'], 'no second join');
+      assert.deepEqual(bob.pageErrors, []);
+    });
+  } finally {
+    await closePage(bob);
+  }
+});

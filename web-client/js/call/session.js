@@ -15,6 +15,7 @@ import { Emitter, Signaling, signalingUrl } from './signaling.js';
 import { mark, onMark, takeClientTimings, timings } from './timings.js';
 
 /** Delays before each automatic rejoin after the connection was lost. */
+const UTF8 = new TextDecoder();
 const RETRY_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
 const PING_INTERVAL_MS = 15_000;
 /**
@@ -200,12 +201,23 @@ export class Session extends Emitter {
     this._setupPeerConnection(gen, call.pc, call.dc);
     // Candidates gathered before this module loaded, in order (null = end of candidates).
     for (const c of call.candidates.splice(0)) this._onLocalCandidate(c);
+    // The head script may have applied the answer: ICE, DTLS and the data channel may be up
+    // already, and what they did is replayed at the moments it happened.
+    if (call.iceConnectedAt != null) mark('ice_connected', call.iceConnectedAt);
+    if (call.connectedAt != null) {
+      mark('pc_connected', call.connectedAt);
+      this._onPcState(gen, 'connected');
+    }
+    for (const data of call.dcMessages?.splice(0) ?? []) this._onDataMessage(data);
+    if (call.dc.readyState === 'open') queueMicrotask(() => gen === this._gen && this.emit('data-open', call.dc));
   }
 
   /**
-   * When the head script's `join` left (performance.now()), once the socket is adopted and
-   * open. null if the script could not make or send its offer: then its PeerConnection is
-   * dropped and the caller makes a fresh one and sends `join` itself, on the same socket.
+   * When the head script's join left (performance.now()), once the socket is adopted and
+   * open. If the script could not make or send its offer, its PeerConnection is dropped;
+   * for a join over HTTP (the head script's way) this throws and the attempt starts over on
+   * a fresh socket, otherwise it returns null and the caller makes a fresh PeerConnection
+   * and sends `join` itself, on the same socket.
    */
   async _earlyJoinSent(call, wsOpen) {
     let sentAt;
@@ -217,6 +229,9 @@ export class Session extends Emitter {
         this._closePeerConnection();
         this.earlyJoin = false;
       }
+      // Its socket names the session key of a join that never left: no `join` goes on it,
+      // the caller starts over on a fresh socket.
+      if (call.overHttp) throw err;
       return null;
     }
     await wsOpen;
@@ -270,15 +285,8 @@ export class Session extends Emitter {
     dc.addEventListener('close', () => {
       if (gen === this._gen) this.emit('data-close', dc);
     });
-    const utf8 = new TextDecoder();
     dc.addEventListener('message', (ev) => {
-      if (gen !== this._gen) return;
-      try {
-        const text = typeof ev.data === 'string' ? ev.data : utf8.decode(ev.data);
-        this.emit('data', JSON.parse(text));
-      } catch {
-        console.warn('[consilium] non-JSON data channel message', ev.data);
-      }
+      if (gen === this._gen) this._onDataMessage(ev.data);
     });
 
     this._sentEndOfCandidates = false;
@@ -301,6 +309,15 @@ export class Session extends Emitter {
       if (gen !== this._gen) return;
       this._onPcState(gen, pc.connectionState);
     });
+  }
+
+  _onDataMessage(data) {
+    try {
+      const text = typeof data === 'string' ? data : UTF8.decode(data);
+      this.emit('data', JSON.parse(text));
+    } catch {
+      console.warn('[consilium] non-JSON data channel message', data);
+    }
   }
 
   /** A local ICE candidate (null = end of candidates): trickled after `joined`. */
@@ -402,7 +419,10 @@ export class Session extends Emitter {
     this.emit('participants');
 
     try {
-      await pc.setRemoteDescription({ type: 'answer', sdp: msg.answer });
+      // Unless index.html's head script has applied it (a deep link's join over HTTP).
+      if (pc.signalingState === 'have-local-offer') {
+        await pc.setRemoteDescription({ type: 'answer', sdp: msg.answer });
+      }
     } catch (err) {
       // Retrying would get the same answer: give up with a clear message.
       console.error('[consilium] cannot apply the server answer', err);

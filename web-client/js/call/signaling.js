@@ -47,8 +47,10 @@ export const PROTOCOL_VERSION = 1;
 
 /**
  * What index.html's head script started for a deep link, if its socket is for `url` and
- * still usable: {ws, openedAt, messages: [{data, at}], detach(), call}. `call` (or null) is the
- * PeerConnection whose `join` that script sends on the socket, see Session#_adoptEarlyCall.
+ * still usable: {ws, openedAt, messages: [{data, at}], detach(), relay(sink), overHttp, call}.
+ * `call` is the PeerConnection whose join that script sends (over HTTP, `POST /join`, the
+ * socket naming the session key), see Session#_adoptEarlyCall; `relay` hands the socket's
+ * messages over in order after the POST's reply.
  * Taken once per page: a rejoin opens a fresh socket.
  */
 function takeEarlySocket(url) {
@@ -56,7 +58,9 @@ function takeEarlySocket(url) {
   if (!early) return null;
   globalThis.__consiliumEarlySocket = null;
   const ws = early.ws;
-  if (ws && ws.url === url && (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN)) {
+  // The socket of a join over HTTP names its session key: /ws?session=KEY.
+  const base = ws?.url.split('?')[0];
+  if (ws && base === url && (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN)) {
     return early;
   }
   discardEarly(early);
@@ -113,7 +117,8 @@ export class Signaling extends Emitter {
   takeEarly(join = null) {
     if (this._early !== undefined) return this._early;
     let early = takeEarlySocket(this.url);
-    if (early?.call && !(join && sameJoin(early.call.join, join))) {
+    // A socket that names a session key carries only that join's session (no `join` on it).
+    if (early && (early.call || early.overHttp) && !(early.call && join && sameJoin(early.call.join, join))) {
       discardEarly(early);
       early = null;
     }
@@ -142,7 +147,10 @@ export class Signaling extends Emitter {
       // The event's own time: the head script's listener (registered first) may already have
       // sent `join` in the microtasks between its callback and this one.
       ws.addEventListener('open', (ev) => onOpen(eventTime(ev)));
-      ws.addEventListener('message', (ev) => this.#onMessage(ev.data, performance.now()));
+      // A join over HTTP: the head script orders the socket's messages after the POST's
+      // reply and hands them over; otherwise they are the socket's own.
+      if (early?.relay) early.relay((data, at) => this.#onMessage(data, at));
+      else ws.addEventListener('message', (ev) => this.#onMessage(ev.data, performance.now()));
       ws.addEventListener('error', () => {
         if (!opened) reject(new Error(`cannot connect to ${this.url}`));
       });
@@ -159,7 +167,7 @@ export class Signaling extends Emitter {
         // Events the early socket already dispatched are not dispatched again.
         early.detach();
         if (ws.readyState === WebSocket.OPEN) onOpen(early.openedAt ?? performance.now());
-        for (const m of early.messages.splice(0)) this.#onMessage(m.data, m.at);
+        if (!early.relay) for (const m of early.messages.splice(0)) this.#onMessage(m.data, m.at);
       }
     });
   }
