@@ -181,9 +181,19 @@ impl DTLSConn {
         if self.current_flight.is_last_send_flight() || self.is_handshake_completed() {
             Ok(HandshakeState::Finished)
         } else {
-            self.current_retransmit_timer = Some(now + self.handshake_config.retransmit_interval);
+            self.current_retransmit_timer = Some(now + self.retransmit_wait());
             Ok(HandshakeState::Waiting)
         }
+    }
+
+    /// Consilium patch (vendor/README.md, change 3): the wait before the next retransmission
+    /// of the current flight, doubling with each one already sent (RFC 6347 §4.2.4.1).
+    fn retransmit_wait(&self) -> std::time::Duration {
+        let doublings = self.current_retransmit_count.min(16) as u32;
+        self.handshake_config
+            .retransmit_interval
+            .saturating_mul(1 << doublings)
+            .min(crate::conn::MAX_RETRANSMIT_INTERVAL.max(self.handshake_config.retransmit_interval))
     }
     fn wait(&mut self) -> Result<HandshakeState> {
         if self.handshake_rx.take().is_some() {
@@ -296,8 +306,7 @@ impl DTLSConn {
                     Some(HandshakeState::Sending)
                 }
             } else {
-                self.current_retransmit_timer =
-                    Some(now + self.handshake_config.retransmit_interval);
+                self.current_retransmit_timer = Some(now + self.retransmit_wait());
                 Some(HandshakeState::Waiting)
             }
         } else if self.current_handshake_state == HandshakeState::Finished {

@@ -39,7 +39,15 @@ use std::io::BufWriter;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub(crate) const INITIAL_TICKER_INTERVAL: Duration = Duration::from_secs(1);
+// Consilium patch (vendor/README.md, change 3): the first retransmission after 300 ms instead
+// of 1 s, each further one after twice the previous wait, up to MAX_RETRANSMIT_INTERVAL (the
+// published crate repeated every second, without backoff). Under WebRTC the handshake starts
+// after ICE has crossed the path, so a flight that is not answered in 300 ms was lost on any
+// link short of a satellite hop (libwebrtc starts at twice the ICE round trip); on such a hop
+// the backoff makes the spurious repeats few.
+pub(crate) const INITIAL_TICKER_INTERVAL: Duration = Duration::from_millis(300);
+/// The longest wait between two retransmissions of a flight.
+pub(crate) const MAX_RETRANSMIT_INTERVAL: Duration = Duration::from_secs(4);
 pub(crate) const COOKIE_LENGTH: usize = 20;
 pub(crate) const DEFAULT_NAMED_CURVE: NamedCurve = NamedCurve::X25519;
 pub(crate) const INBOUND_BUFFER_SIZE: usize = 8192;
