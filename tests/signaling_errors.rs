@@ -343,6 +343,45 @@ async fn garbage_sdp_is_bad_sdp_and_join_can_be_retried() {
 }
 
 #[tokio::test]
+async fn an_offer_whose_msid_would_lose_its_video_is_bad_sdp() {
+    // `rtc` takes these and then forwards audio but never video: refused with the reason.
+    let server = start_open().await;
+    let mut ws = connect(&server).await;
+    let sdp = offer();
+    let with_msid = |audio: &str, video: &str| {
+        let mut out = String::new();
+        let mut sections = 0;
+        for line in sdp.split_inclusive("\r\n") {
+            out.push_str(line);
+            if line.starts_with("m=audio") || line.starts_with("m=video") {
+                sections += 1;
+                let msid = if sections == 1 { audio } else { video };
+                out.push_str(&format!("a=msid:{msid}\r\n"));
+            }
+        }
+        out
+    };
+    for (bad, why) in [
+        (with_msid("Dr A-local Dr A-local-audio", "s v"), "no spaces"),
+        (with_msid("s t", "s t"), "same track id"),
+    ] {
+        send_json(&mut ws, &join_msg("board", "Dr A", None, &bad)).await;
+        let msg = expect_error(&mut ws, "bad_sdp").await;
+        assert!(msg["message"].as_str().unwrap().contains(why), "{msg}");
+        assert_open(&mut ws).await;
+    }
+    // Well-formed ids pass.
+    send_json(
+        &mut ws,
+        &join_msg("board", "Dr A", None, &with_msid("s a", "s v")),
+    )
+    .await;
+    let joined = reply(&mut ws).await;
+    assert_joined(&joined, "board");
+    stop(server).await;
+}
+
+#[tokio::test]
 async fn truncated_offer_is_bad_sdp_and_join_can_be_retried() {
     let server = start_open().await;
     let mut ws = connect(&server).await;

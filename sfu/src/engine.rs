@@ -597,6 +597,7 @@ impl Engine {
             return Err(SfuError::DuplicatePeer(request.peer_id));
         }
         let now = Instant::now();
+        crate::sdp_check::check_msids(&request.offer).map_err(SfuError::BadSdp)?;
         let ufrag = random_token(16);
         let pwd = random_token(32);
         let mut pc = self.build_peer_connection(&ufrag, &pwd)?;
@@ -707,6 +708,11 @@ impl Engine {
         let Some(offered) = peer.offered.take() else {
             return Err(SfuError::NoOfferOutstanding);
         };
+        if let Err(e) = crate::sdp_check::check_msids(&sdp) {
+            // Keep waiting: the client may send a corrected answer.
+            peer.offered = Some(offered);
+            return Err(SfuError::BadSdp(e));
+        }
         let answer =
             RTCSessionDescription::answer(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
         let applied = guarded("set_remote_description", || {

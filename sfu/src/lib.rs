@@ -17,6 +17,7 @@ pub mod error;
 pub mod feedback;
 pub mod forwarding;
 pub mod metrics;
+pub mod sdp_check;
 pub mod udp_batch;
 
 pub use config::SfuConfig;
