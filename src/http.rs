@@ -2,7 +2,8 @@
 
 use crate::{AppState, session};
 use axum::Router;
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::rejection::StringRejection;
+use axum::extract::{DefaultBodyLimit, Query, State, WebSocketUpgrade};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,7 +22,12 @@ pub fn router(state: AppState, web_root: &Path) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/ws", get(websocket))
-        .route("/join", post(join))
+        .route(
+            "/join",
+            post(join).layer(DefaultBodyLimit::max(
+                consilium_signaling::protocol::MAX_FRAME_BYTES,
+            )),
+        )
         .nest("/dicomweb", crate::studies::router())
         .fallback_service(ServeDir::new(web_root).append_index_html_on_directories(true))
         .with_state(state)
@@ -114,8 +120,20 @@ async fn websocket(
 async fn join(
     Query(query): Query<SessionQuery>,
     State(state): State<AppState>,
-    body: String,
+    body: Result<String, StringRejection>,
 ) -> Response {
+    // Over the size limit, or not UTF-8: the same JSON refusal as any bad join, with the
+    // rejection's own status (413 for the size).
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let err =
+                SignalingError::BadMessage(format!("the join's body: {}", rejection.body_text()));
+            let mut response = refusal(&err);
+            *response.status_mut() = rejection.status();
+            return response;
+        }
+    };
     let key = match session_key(&query) {
         Ok(Some(key)) => key,
         Ok(None) => {

@@ -152,6 +152,43 @@ async fn a_socket_that_opens_first_waits_for_its_join() {
     common::stop(server).await;
 }
 
+/// A POST of `body`; the status and the JSON body of the answer, read up to the end of that
+/// JSON (the connection may stay open after it).
+async fn post_raw(server: &Server, path: &str, body: &[u8]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tcp.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw);
+            if let Some((_, body)) = text.split_once("\r\n\r\n")
+                && serde_json::from_str::<Value>(body).is_ok()
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).expect("a JSON body"))
+}
+
 /// A signaling socket naming the session key `KEY`.
 async fn socket_for_key(server: &Server) -> common::Ws {
     let (ws, _) = connect_async(format!("ws://{}/ws?session={KEY}", server.http_addr))
@@ -232,6 +269,25 @@ async fn bad_joins_over_http_get_a_status_and_the_error_message() {
         400,
         "bad_message",
     );
+    // Just over the size limit (256 KiB: so the server has read it all and the socket closes
+    // cleanly), and not UTF-8.
+    let (status, body) = post_raw(
+        &server,
+        &format!("/join{query}"),
+        &vec![b' '; 256 * 1024 + 100],
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["code"], "bad_message", "{body}");
+    let not_utf8 = request(
+        &server,
+        "POST",
+        &format!("/join{query}"),
+        &[("Content-Type", "application/json".to_owned())],
+        &[0xff, 0xfe, b'{'],
+    )
+    .await;
+    assert_refused(&not_utf8, 400, "bad_message");
     // Not JSON, not a join, a bad room, a bad offer.
     assert_refused(&post_join(&server, &query, "{").await, 400, "bad_message");
     assert_refused(
