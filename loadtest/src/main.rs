@@ -258,13 +258,12 @@ async fn run_load(args: RunArgs) -> anyhow::Result<()> {
     })
     .await?;
     println!("{}", report.table());
-    write_reports(
-        &args.report,
-        &[
-            ("report.json", report.to_json()),
-            ("report.html", report.html()),
-        ],
-    )
+    let mut files = vec![
+        ("report.json", report.to_json()),
+        ("report.html", report.html()),
+    ];
+    files.extend(report.ramp_charts());
+    write_reports(&args.report, &files)
 }
 
 async fn run_sync(args: SyncArgs) -> anyhow::Result<()> {

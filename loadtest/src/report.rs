@@ -487,7 +487,12 @@ pub(crate) struct Series<'a> {
 
 /// A hand-written SVG line chart of values over time (x in seconds), from 0 on both axes,
 /// with a legend; `y_label` names the unit.
-pub(crate) fn line_chart_svg(title: &str, y_label: &str, series: &[Series<'_>]) -> String {
+pub(crate) fn line_chart_svg(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+) -> String {
     let (width, height) = (720.0, 220.0);
     let (left, right, top, bottom) = (56.0, 16.0, 28.0, 36.0);
     let plot_w = width - left - right;
@@ -539,9 +544,10 @@ pub(crate) fn line_chart_svg(title: &str, y_label: &str, series: &[Series<'_>]) 
     }
     let _ = writeln!(
         s,
-        "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">seconds · {}</text>",
+        "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{} · {}</text>",
         left + plot_w / 2.0,
         height - 6.0,
+        escape(x_label),
         escape(y_label)
     );
     for (i, line) in series.iter().enumerate() {
@@ -768,6 +774,7 @@ mod tests {
     fn line_charts_scale_to_their_data() {
         let svg = line_chart_svg(
             "bit rate <x>",
+            "seconds",
             "Mbit/s",
             &[
                 Series {
@@ -784,6 +791,7 @@ mod tests {
         );
         assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
         assert!(svg.contains("bit rate &lt;x&gt;"));
+        assert!(svg.contains("seconds · Mbit/s"));
         assert!(svg.contains(">100<"), "84 × 1.1 rounds up to 100");
         assert_eq!(nice_ceiling(0.0), 1.0);
         assert_eq!(nice_ceiling(3.2), 5.0);

@@ -397,6 +397,13 @@ impl RunReport {
         out
     }
 
+    /// How the server's CPU and memory grow with participants, one point per ramp step
+    /// (none without steps): `(file name, SVG)`, drawn in `report.html` and written beside it
+    /// so docs/benchmarks.md can show them.
+    pub fn ramp_charts(&self) -> Vec<(&'static str, String)> {
+        ramp_charts(&self.steps)
+    }
+
     /// A self-contained page: the summary, the ramp steps and plots over time.
     pub fn html(&self) -> String {
         let title = format!("Load test — {}", escape(&self.scenario));
@@ -468,6 +475,9 @@ impl RunReport {
                 );
             }
             h.push_str("</table>\n");
+            for (_, svg) in self.ramp_charts() {
+                h.push_str(&svg);
+            }
         }
         h.push_str("<h2>Over time</h2>\n");
         let series = |f: fn(&Point) -> f64| -> Vec<(f64, f64)> {
@@ -551,7 +561,7 @@ impl RunReport {
             ),
         ];
         for (title, unit, lines) in charts {
-            h.push_str(&line_chart_svg(title, unit, &lines));
+            h.push_str(&line_chart_svg(title, "seconds", unit, &lines));
         }
         let mut lists = BTreeMap::new();
         lists.insert("Missing streams", &self.missing_streams);
@@ -569,6 +579,61 @@ impl RunReport {
         h.push_str("</body></html>\n");
         h
     }
+}
+
+/// [`RunReport::ramp_charts`] of these steps.
+fn ramp_charts(steps: &[StepReport]) -> Vec<(&'static str, String)> {
+    if steps.is_empty() {
+        return Vec::new();
+    }
+    let points = |f: fn(&Window) -> f64| -> Vec<(f64, f64)> {
+        steps
+            .iter()
+            .map(|st| (st.window.participants as f64, f(&st.window)))
+            .collect()
+    };
+    vec![
+        (
+            "ramp-cpu.svg",
+            line_chart_svg(
+                "Server CPU against participants (ramp steps)",
+                "participants",
+                "server cores, Gbit/s forwarded per core",
+                &[
+                    Series {
+                        name: "server cores",
+                        color: "#4a7fb5",
+                        points: points(|w| w.server_cpu_cores),
+                    },
+                    Series {
+                        name: "Gbit/s per core",
+                        color: "#d08000",
+                        points: points(|w| w.forwarded_mbps_per_core / 1000.0),
+                    },
+                ],
+            ),
+        ),
+        (
+            "ramp-memory.svg",
+            line_chart_svg(
+                "Server memory against participants (ramp steps)",
+                "participants",
+                "MiB",
+                &[
+                    Series {
+                        name: "RSS",
+                        color: "#7a4ab5",
+                        points: points(|w| w.server_rss_mib),
+                    },
+                    Series {
+                        name: "anonymous",
+                        color: "#2a9d3a",
+                        points: points(|w| w.server_anon_mib),
+                    },
+                ],
+            ),
+        ),
+    ]
 }
 
 #[cfg(test)]
@@ -615,5 +680,33 @@ mod tests {
         assert!((m.cpu_cores_per_participant - 0.02).abs() < 1e-9);
         assert!(Marginal::fit(&steps[..1]).is_none());
         assert!(Marginal::fit(&[]).is_none());
+    }
+
+    #[test]
+    fn ramp_charts_plot_every_step_against_participants() {
+        assert!(
+            ramp_charts(&[]).is_empty(),
+            "a fixed-size run has no ramp charts"
+        );
+        let steps = [
+            step(1, true, 14, 37.0, 0.3),
+            step(2, true, 28, 51.0, 0.6),
+            step(3, false, 42, 65.0, 0.9),
+        ];
+        let charts = ramp_charts(&steps);
+        let names: Vec<&str> = charts.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["ramp-cpu.svg", "ramp-memory.svg"]);
+        for (_, svg) in &charts {
+            assert!(svg.starts_with("<svg") && svg.contains("participants · "));
+            // Every step is a vertex of the first line (the step that broke the thresholds too).
+            let first = svg
+                .split("points=\"")
+                .nth(1)
+                .expect("a line")
+                .split('"')
+                .next()
+                .unwrap();
+            assert_eq!(first.split(' ').count(), 3, "{first}");
+        }
     }
 }

@@ -1717,3 +1717,143 @@ fn kind_label(kind: MediaKind) -> &'static str {
         MediaKind::Video(_) => "video",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::interceptor::{
+        Attribute, AttributedPacket, Interceptor, Packet, StreamInfo, TaggedPacket,
+    };
+    use rtc::rtcp::receiver_report::ReceiverReport;
+    use rtc::rtcp::sender_report::SenderReport;
+    use std::time::Duration;
+
+    fn rtp(ssrc: u32, sequence_number: u16, payload_len: usize, now: Instant) -> TaggedPacket {
+        TaggedPacket {
+            now,
+            transport: TransportContext::default(),
+            message: AttributedPacket::new(Packet::Rtp(rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    payload_type: 96,
+                    sequence_number,
+                    timestamp: u32::from(sequence_number) * 3000,
+                    ssrc,
+                    ..Default::default()
+                },
+                payload: Bytes::from(vec![sequence_number as u8; payload_len]),
+            })),
+        }
+    }
+
+    fn rtcp(packet: Box<dyn rtc::rtcp::Packet>, now: Instant) -> TaggedPacket {
+        TaggedPacket {
+            now,
+            transport: TransportContext::default(),
+            message: AttributedPacket::new(Packet::Rtcp(vec![packet])),
+        }
+    }
+
+    /// The connection's real chain, past the patched `rtc-interceptor` (vendor/README.md):
+    /// interceptors that only look at outbound packets see them in place instead of taking
+    /// each into a queue of their own. Every forwarded packet must still leave the chain once,
+    /// unchanged and in order, and the sender report must still count every one of them
+    /// (receivers use its packet and octet counts, and its timestamps for lip sync).
+    #[test]
+    fn every_outbound_packet_leaves_the_chain_once_and_is_counted_by_the_sender_report() {
+        let mut chain = interceptors(&mut MediaEngine::default())
+            .expect("interceptors register")
+            .build();
+        let ssrc = 0x1234_5678;
+        chain.bind_local_stream(&StreamInfo {
+            ssrc,
+            clock_rate: 90_000,
+            ..Default::default()
+        });
+        let t0 = Instant::now();
+        let mut sent = Vec::new();
+        let mut octets = 0;
+        for i in 0..200u16 {
+            let len = 100 + usize::from(i);
+            octets += len;
+            chain
+                .handle_write(rtp(ssrc, i, len, t0 + Duration::from_millis(u64::from(i))))
+                .expect("write");
+            // Drained at uneven intervals, as the engine does (per burst, per flush).
+            if i % 7 == 0 {
+                while let Some(out) = chain.poll_write() {
+                    sent.push(out);
+                }
+            }
+        }
+        while let Some(out) = chain.poll_write() {
+            sent.push(out);
+        }
+        let sequence: Vec<u16> = sent
+            .iter()
+            .map(|p| match &p.message.packet {
+                Packet::Rtp(r) => {
+                    assert_eq!(r.payload.len(), 100 + usize::from(r.header.sequence_number));
+                    assert_eq!(r.header.ssrc, ssrc);
+                    r.header.sequence_number
+                }
+                other => panic!("nothing but the written RTP before the report timer: {other:?}"),
+            })
+            .collect();
+        assert_eq!(sequence, (0..200).collect::<Vec<_>>());
+
+        chain
+            .handle_timeout(t0 + Duration::from_secs(2))
+            .expect("timeout");
+        let mut reports = Vec::new();
+        while let Some(out) = chain.poll_write() {
+            if let Packet::Rtcp(packets) = out.message.packet {
+                for p in packets {
+                    if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
+                        reports.push((sr.ssrc, sr.packet_count, sr.octet_count));
+                    }
+                }
+            }
+        }
+        assert_eq!(reports, vec![(ssrc, 200, octets as u32)]);
+    }
+
+    /// The read side of the same chain: a subscriber's PLI reaches the engine, a receiver
+    /// report is the chain's own and ends there, RTP always passes.
+    #[test]
+    fn inbound_feedback_reaches_the_engine_and_reports_end_in_the_chain() {
+        let mut chain = interceptors(&mut MediaEngine::default())
+            .expect("interceptors register")
+            .build();
+        let now = Instant::now();
+        chain
+            .handle_read(rtcp(
+                Box::new(ReceiverReport {
+                    ssrc: 7,
+                    ..Default::default()
+                }),
+                now,
+            ))
+            .expect("read");
+        chain
+            .handle_read(rtcp(
+                Box::new(PictureLossIndication {
+                    sender_ssrc: 7,
+                    media_ssrc: 9,
+                }),
+                now,
+            ))
+            .expect("read");
+        chain.handle_read(rtp(9, 1, 10, now)).expect("read");
+        let mut read = Vec::new();
+        while let Some(p) = chain.poll_read() {
+            read.push(p);
+        }
+        assert_eq!(read.len(), 2, "the PLI and the RTP packet");
+        assert!(read[0].message.has(&Attribute::DeliverToApplication));
+        assert!(
+            matches!(&read[0].message.packet, Packet::Rtcp(p) if p[0].as_any().is::<PictureLossIndication>())
+        );
+        assert!(matches!(&read[1].message.packet, Packet::Rtp(_)));
+    }
+}

@@ -63,6 +63,12 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackForApplication {
 }
 
 impl Interceptor for FeedbackForApplication {
+    /// Outbound packets pass untouched, so the chain need not move them through
+    /// `write_queue` (the patched `rtc-interceptor`, vendor/README.md).
+    fn observes_writes(&self) -> bool {
+        true
+    }
+
     fn bind_local_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
