@@ -491,6 +491,9 @@ export class Session extends Emitter {
   async _onOffer(msg) {
     const pc = this.pc;
     const gen = this._gen;
+    // The first renegotiation brings the others' tracks: when it is taken up and answered
+    // is on the way to the first remote frame (benchmark figures, not client_timings).
+    mark('offer_taken');
     try {
       await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
       const answer = await pc.createAnswer();
@@ -503,6 +506,7 @@ export class Session extends Emitter {
       return;
     }
     this.signaling?.answer(pc.localDescription.sdp);
+    mark('answer_sent');
     for (const c of this._pendingRemoteCandidates.splice(0)) await this._addRemoteCandidate(c);
     this._reconcileRemoteMedia();
   }
