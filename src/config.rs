@@ -49,6 +49,11 @@ pub struct ServeArgs {
     /// [default: true].
     #[arg(long, env = "CONSILIUM_DEMO_STUDY")]
     pub demo_study: Option<bool>,
+    /// Estimate each subscriber's bandwidth (send-side congestion control on what the SFU
+    /// sends) for the `consilium_subscriber_bandwidth_estimate_bits` metric [default: false;
+    /// costs server CPU and memory per subscriber, docs/operations.md].
+    #[arg(long, env = "CONSILIUM_BANDWIDTH_ESTIMATION")]
+    pub bandwidth_estimation: Option<bool>,
     /// Largest STOW-RS upload (request body) in bytes [default: 4 GiB].
     #[arg(long, env = "CONSILIUM_MAX_UPLOAD_BYTES")]
     pub max_upload_bytes: Option<u64>,
@@ -69,6 +74,7 @@ struct FileConfig {
     web_root: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     demo_study: Option<bool>,
+    bandwidth_estimation: Option<bool>,
     max_upload_bytes: Option<u64>,
     max_instance_bytes: Option<u64>,
 }
@@ -86,6 +92,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Write the demo CT phantom into room `demo` when the study store is empty.
     pub demo_study: bool,
+    /// Estimate each subscriber's bandwidth (`SfuConfig::bandwidth_estimation`).
+    pub bandwidth_estimation: bool,
     /// Largest STOW-RS request body.
     pub max_upload_bytes: u64,
     /// Largest single DICOM file or zip entry in an upload.
@@ -112,6 +120,7 @@ impl Config {
             web_root: default_web_root(),
             data_dir: test_data_dir(),
             demo_study: false,
+            bandwidth_estimation: false,
             max_upload_bytes: DEFAULT_MAX_UPLOAD,
             max_instance_bytes: DEFAULT_MAX_INSTANCE,
             media_connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -168,6 +177,10 @@ impl Config {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("data")),
             demo_study: args.demo_study.or(file.demo_study).unwrap_or(true),
+            bandwidth_estimation: args
+                .bandwidth_estimation
+                .or(file.bandwidth_estimation)
+                .unwrap_or(false),
             max_upload_bytes: args
                 .max_upload_bytes
                 .or(file.max_upload_bytes)

@@ -82,6 +82,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let sfu_config = SfuConfig {
         connect_timeout: config.media_connect_timeout,
         ice_failed_timeout: config.media_silence_timeout,
+        bandwidth_estimation: config.bandwidth_estimation,
         ..SfuConfig::new(config.media_bind, config.advertised_ip)
     };
     let (sfu, sfu_handle) = Sfu::bind(sfu_config, metrics.sfu.clone())

@@ -313,3 +313,57 @@ async fn video_lost_on_the_way_to_a_subscriber_is_resent_on_its_nack() {
     );
     server.shutdown().await;
 }
+
+/// With bandwidth estimation on, the SFU numbers what it sends to each subscriber
+/// (transport-wide sequence numbers), the subscriber's feedback reaches the congestion
+/// controller, and every subscriber's estimate is sampled into the histogram operators
+/// watch (docs/operations.md). Off, the default, nothing is estimated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_subscribers_bandwidth_is_estimated_from_its_feedback_when_enabled() {
+    for enabled in [true, false] {
+        let server = consilium::start(Config {
+            bandwidth_estimation: enabled,
+            ..Config::for_tests()
+        })
+        .await
+        .expect("server starts");
+        let url = ws_url(&server);
+        let mut alice = Participant::join(ParticipantConfig::new(&url, "bwe", "Alice"))
+            .await
+            .expect("alice joins");
+        let mut bob = Participant::join(ParticipantConfig::new(&url, "bwe", "Bob"))
+            .await
+            .expect("bob joins");
+        wait_for_media(&mut alice, &bob.id).await;
+        wait_for_media(&mut bob, &alice.id).await;
+        // Estimates are sampled every 5 s; both subscribers are in the first sample that
+        // finds their transport up.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let series = "consilium_subscriber_bandwidth_estimate_bits_count";
+        if enabled {
+            loop {
+                let text = http_get(&server, "/metrics").await;
+                let count = metric(&text, series);
+                if count >= 2.0 {
+                    let mean =
+                        metric(&text, "consilium_subscriber_bandwidth_estimate_bits_sum") / count;
+                    // GCC never estimates below its 100 kbit/s floor.
+                    assert!(mean >= 100_000.0, "mean estimate {mean} bit/s");
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no estimate sampled within 15 s: {series} = {count}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            let text = http_get(&server, "/metrics").await;
+            assert_eq!(metric(&text, series), 0.0, "estimated while switched off");
+        }
+        alice.leave().await;
+        bob.leave().await;
+        server.shutdown().await;
+    }
+}

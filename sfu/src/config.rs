@@ -19,6 +19,12 @@ pub struct SfuConfig {
     pub connect_timeout: Duration,
     /// At most one keyframe request per publisher track per this interval.
     pub keyframe_request_interval: Duration,
+    /// Run send-side congestion control on every connection (transport-wide sequence numbers
+    /// on what the SFU sends, the subscriber's feedback into a GCC estimator) to estimate each
+    /// subscriber's bandwidth. Off by default: it costs 7–20 % more CPU per forwarded packet
+    /// and ≈ 0.1 MiB per participant (docs/benchmarks.md), and nothing acts on the estimate
+    /// yet (simulcast layer choice will).
+    pub bandwidth_estimation: bool,
 }
 
 impl SfuConfig {
@@ -31,6 +37,7 @@ impl SfuConfig {
             ice_failed_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(20),
             keyframe_request_interval: Duration::from_millis(300),
+            bandwidth_estimation: false,
         }
     }
 }

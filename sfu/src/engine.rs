@@ -10,13 +10,14 @@
 
 use crate::codec::VideoCodec;
 use crate::demux::Demux;
-use crate::feedback::FeedbackForApplication;
+use crate::feedback::{BandwidthEstimate, FeedbackForApplication};
 use crate::forwarding::{DownTrack, KeyframeRequests, MediaKind, PacketHistory, Rewrite};
 use crate::udp_batch::SendBatch;
 use crate::{SfuConfig, SfuError, SfuMetrics};
 use bytes::{Bytes, BytesMut};
 use rtc::interceptor::{
-    NackGeneratorBuilder, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
+    CongestionControlBuilder, Gcc, NackGeneratorBuilder, ReceiverReportBuilder, Registry,
+    SenderReportBuilder, Slot, TwccSenderBuilder,
 };
 use rtc::media_stream::{MediaStreamTrack, MediaStreamTrackId};
 use rtc::peer_connection::RTCPeerConnection;
@@ -242,6 +243,7 @@ impl Sfu {
             next_key: 0,
             scratch: Vec::new(),
             batch: SendBatch::new(),
+            estimates_sampled: Instant::now(),
         };
         Ok((
             Self {
@@ -411,6 +413,9 @@ struct MediaPeer {
     /// leaves without finishing its DTLS handshake, to tell a lost path from a lost flight.
     last_from: Option<SocketAddr>,
     last_sent_to: Option<SocketAddr>,
+    /// The send-side bandwidth estimate of the connection (what the subscriber's link
+    /// carries, from its transport-wide feedback), sampled into a histogram.
+    estimate: BandwidthEstimate,
 }
 
 impl MediaPeer {
@@ -457,7 +462,13 @@ struct Engine {
     /// Filled by [`send_queued`] (a burst may pass through it before the flush) and empty
     /// after each flush.
     batch: SendBatch<BytesMut>,
+    /// When the subscribers' bandwidth estimates were last sampled.
+    estimates_sampled: Instant,
 }
+
+/// How often each subscriber's bandwidth estimate goes into the histogram: often enough for
+/// a 15 s scrape to see every connection, rarely enough to cost nothing.
+const ESTIMATE_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The most datagrams a flush holds before sending them: bounds what waits in memory
 /// when a flush has a burst to send (a keyframe replayed to a joiner).
@@ -564,7 +575,12 @@ impl Engine {
         }
     }
 
-    fn build_peer_connection(&self, ufrag: &str, pwd: &str) -> Result<RTCPeerConnection, SfuError> {
+    fn build_peer_connection(
+        &self,
+        ufrag: &str,
+        pwd: &str,
+        estimate: BandwidthEstimate,
+    ) -> Result<RTCPeerConnection, SfuError> {
         let rtc_err = |e: rtc::shared::error::Error| SfuError::Rtc(e.to_string());
         let setting_engine = SettingEngineBuilder::new()
             .with_lite(true)
@@ -579,7 +595,11 @@ impl Engine {
             .build();
         let mut media_engine = MediaEngine::default();
         media_engine.register_default_codecs().map_err(rtc_err)?;
-        let registry = interceptors(&mut media_engine).map_err(rtc_err)?;
+        let registry = interceptors(
+            &mut media_engine,
+            self.config.bandwidth_estimation.then_some(estimate),
+        )
+        .map_err(rtc_err)?;
         let configuration = RTCConfigurationBuilder::new()
             .with_certificates(vec![self.certificate.clone()])
             .build();
@@ -600,7 +620,8 @@ impl Engine {
         crate::sdp_check::check_msids(&request.offer).map_err(SfuError::BadSdp)?;
         let ufrag = random_token(16);
         let pwd = random_token(32);
-        let mut pc = self.build_peer_connection(&ufrag, &pwd)?;
+        let estimate = BandwidthEstimate::default();
+        let mut pc = self.build_peer_connection(&ufrag, &pwd, estimate.clone())?;
         let offer = RTCSessionDescription::offer(request.offer)
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
         let local_addr = self.local_addr;
@@ -678,6 +699,7 @@ impl Engine {
                 early_dtls: Vec::new(),
                 last_from: None,
                 last_sent_to: None,
+                estimate,
             },
         );
         self.metrics.peers.inc();
@@ -1444,6 +1466,14 @@ impl Engine {
     }
 
     fn housekeeping(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.estimates_sampled) >= ESTIMATE_SAMPLE_INTERVAL {
+            self.estimates_sampled = now;
+            for p in self.peers.values() {
+                if let (false, Some(bps)) = (p.subscriptions.is_empty(), p.estimate.get()) {
+                    self.metrics.subscriber_bandwidth.observe(bps as f64);
+                }
+            }
+        }
         // Keyframe requests that were held back by the rate limit.
         let Engine {
             tracks,
@@ -1597,8 +1627,15 @@ impl Engine {
 
 /// The interceptors of every connection: `rtc`'s defaults without the NACK responder,
 /// whose per-sender copy of every packet sent would cost memory per subscription; NACKs
-/// are answered from the one [`PacketHistory`] per published track instead.
-fn interceptors(media_engine: &mut MediaEngine) -> Result<Registry, rtc::shared::error::Error> {
+/// are answered from the one [`PacketHistory`] per published track instead. Send-side
+/// congestion control (transport-wide sequence numbers on what the SFU sends, the
+/// subscriber's feedback into a GCC estimator), when `estimate` is given, estimates each
+/// subscriber's bandwidth into it; there is no pacer, so nothing is delayed: the estimate is
+/// measured, not yet acted on (simulcast layer choice will use it).
+fn interceptors(
+    media_engine: &mut MediaEngine,
+    estimate: Option<BandwidthEstimate>,
+) -> Result<Registry, rtc::shared::error::Error> {
     for parameter in ["", "pli"] {
         media_engine.register_feedback(
             rtc::rtp_transceiver::rtp_sender::RTCPFeedback {
@@ -1612,12 +1649,31 @@ fn interceptors(media_engine: &mut MediaEngine) -> Result<Registry, rtc::shared:
     let registry = Registry::new().with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
     configure_simulcast_extension_headers(media_engine)?;
     let registry = configure_twcc_receiver_only(registry, media_engine)?;
+    let registry = match &estimate {
+        Some(_) => registry
+            .with(
+                Slot::CongestionControl,
+                CongestionControlBuilder::new(Gcc::default())
+                    .with_prune_horizon(CONGESTION_HISTORY)
+                    .build(),
+            )
+            .with(Slot::TwccSender, TwccSenderBuilder::new().build()),
+        None => registry,
+    };
     Ok(registry
         .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
         .with(Slot::SenderReport, SenderReportBuilder::new().build())
         // Application-most: every interceptor has seen the feedback before it is marked.
-        .with(Slot::from(14_000), FeedbackForApplication::default()))
+        .with(
+            Slot::from(14_000),
+            FeedbackForApplication::with_estimate(estimate.unwrap_or_default()),
+        ))
 }
+
+/// How long the congestion controller remembers what it sent, for the subscriber's feedback
+/// to be matched against: feedback comes every 50–100 ms, so half a second covers a slow
+/// link, where `rtc`'s 2 s default kept ≈ 0.1 MiB of packet records per subscriber.
+const CONGESTION_HISTORY: Duration = Duration::from_millis(500);
 
 /// Most packets written into one connection before its output is sent: `rtc`'s handler
 /// queues keep the capacity of the largest burst they ever held for as long as the
@@ -1754,16 +1810,21 @@ mod tests {
         }
     }
 
-    /// The connection's real chain, past the patched `rtc-interceptor` (vendor/README.md):
+    /// The connection's real chain (with bandwidth estimation, whose transport-wide sequence
+    /// numbering takes packets between the observing interceptors), past the patched
+    /// `rtc-interceptor` (vendor/README.md):
     /// interceptors that only look at outbound packets see them in place instead of taking
     /// each into a queue of their own. Every forwarded packet must still leave the chain once,
     /// unchanged and in order, and the sender report must still count every one of them
     /// (receivers use its packet and octet counts, and its timestamps for lip sync).
     #[test]
     fn every_outbound_packet_leaves_the_chain_once_and_is_counted_by_the_sender_report() {
-        let mut chain = interceptors(&mut MediaEngine::default())
-            .expect("interceptors register")
-            .build();
+        let mut chain = interceptors(
+            &mut MediaEngine::default(),
+            Some(BandwidthEstimate::default()),
+        )
+        .expect("interceptors register")
+        .build();
         let ssrc = 0x1234_5678;
         chain.bind_local_stream(&StreamInfo {
             ssrc,
@@ -1822,7 +1883,7 @@ mod tests {
     /// report is the chain's own and ends there, RTP always passes.
     #[test]
     fn inbound_feedback_reaches_the_engine_and_reports_end_in_the_chain() {
-        let mut chain = interceptors(&mut MediaEngine::default())
+        let mut chain = interceptors(&mut MediaEngine::default(), None)
             .expect("interceptors register")
             .build();
         let now = Instant::now();

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the media layer, registered into the server's registry.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Counters and gauges the engine updates as it forwards.
 #[derive(Clone)]
@@ -18,6 +20,9 @@ pub struct SfuMetrics {
     /// NACKed packets that could not be resent (too old, or never received).
     pub resent_missing: IntCounter,
     pub data_channel_messages: IntCounterVec,
+    /// Each subscriber's estimated bandwidth (the send-side congestion controller's target),
+    /// sampled every few seconds: the low quantiles are the weak links of a board.
+    pub subscriber_bandwidth: Histogram,
     /// The per-packet counters, resolved once: a label lookup hashes on every call.
     pub fast: FastCounters,
 }
@@ -113,6 +118,14 @@ impl SfuMetrics {
                 ),
                 &["direction"],
             )?,
+            subscriber_bandwidth: Histogram::with_opts(
+                HistogramOpts::new(
+                    "consilium_subscriber_bandwidth_estimate_bits",
+                    "Estimated bandwidth towards each subscriber (send-side congestion control, \
+                     from its transport-wide feedback), in bit/s, sampled every 5 s",
+                )
+                .buckets(vec![250e3, 500e3, 1e6, 2e6, 4e6, 8e6, 16e6, 32e6, 64e6]),
+            )?,
         };
         registry.register(Box::new(m.peers.clone()))?;
         registry.register(Box::new(m.tracks.clone()))?;
@@ -124,6 +137,7 @@ impl SfuMetrics {
         registry.register(Box::new(m.keyframe_requests.clone()))?;
         registry.register(Box::new(retransmissions))?;
         registry.register(Box::new(m.data_channel_messages.clone()))?;
+        registry.register(Box::new(m.subscriber_bandwidth.clone()))?;
         Ok(m)
     }
 

@@ -252,3 +252,42 @@ test('a bad room name shows the server’s error and the page keeps working', { 
     await closePage(page);
   }
 });
+
+test('with bandwidth estimation on, every Chromium subscriber is estimated and media still flows', { timeout: 90_000 }, async () => {
+  // Its own server: estimation is off by default (docs/operations.md). The SFU then puts
+  // transport-wide sequence numbers on what it sends, and Chromium's feedback drives the
+  // congestion controller whose estimate /metrics samples every 5 s.
+  const bwe = await startServer({ args: ['--bandwidth-estimation', 'true'] });
+  const room = uniqueRoom('bwe');
+  const alice = await openPage(browser, callUrl(bwe.url, { room, name: 'Alice' }));
+  const bob = await openPage(browser, callUrl(bwe.url, { room, name: 'Bob' }));
+  try {
+    await withPageLogs(
+      [alice, bob],
+      async () => {
+        await Promise.all([expectLiveRemote(alice, 'Bob'), expectLiveRemote(bob, 'Alice')]);
+        let last = '';
+        const estimated = await waitFor(
+          async () => {
+            last = await (await fetch(`${bwe.url}/metrics`)).text();
+            const count = Number(/^consilium_subscriber_bandwidth_estimate_bits_count (\S+)$/m.exec(last)?.[1] ?? 0);
+            const sum = Number(/^consilium_subscriber_bandwidth_estimate_bits_sum (\S+)$/m.exec(last)?.[1] ?? 0);
+            return count >= 2 ? { count, sum } : false;
+          },
+          {
+            timeout: 20_000,
+            message: 'both subscribers’ bandwidth estimates sampled',
+            detail: () => last.split('\n').filter((l) => l.includes('bandwidth_estimate')).join('\n'),
+          },
+        );
+        // GCC's floor is 100 kbit/s; an estimate of nothing would mean no feedback came back.
+        assert.ok(estimated.sum / estimated.count >= 100_000, JSON.stringify(estimated));
+      },
+      () => bwe,
+    );
+  } finally {
+    await closePage(alice);
+    await closePage(bob);
+    await bwe.stop();
+  }
+});
