@@ -69,6 +69,42 @@ fn timed<T>(side: &mut Side, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// One connected pair of a stack, driven by [`measure`]: the same schedule and the same timed
+/// calls for both stacks.
+trait Pair {
+    /// Hands stream `i`'s next packet to the sender (payload type and size by stream).
+    fn write(&mut self, i: usize, seq: u64, rtp_time: u32, now: Instant) -> anyhow::Result<()>;
+    /// The sender's timers and what it has to send.
+    fn run_sender(&mut self, now: Instant) -> anyhow::Result<()>;
+    /// What the receiver sent back (reports, feedback), into the sender.
+    fn feed_sender(&mut self, now: Instant) -> anyhow::Result<()>;
+    /// What the sender sent, into the receiver, and its timers; RTP packets it read.
+    fn run_receiver(&mut self, now: Instant) -> anyhow::Result<u64>;
+}
+
+/// `SECONDS` of the board's streams through `pair`, timing each side.
+fn measure(pair: &mut impl Pair, start: Instant) -> anyhow::Result<(Side, Side)> {
+    let (mut sender, mut receiver) = (Side::default(), Side::default());
+    let streams = VIDEO_STREAMS + AUDIO_STREAMS;
+    let mut seq = vec![0u64; streams];
+    for ms in 0..SECONDS * 1000 {
+        let now = start + Duration::from_millis(ms);
+        for (i, seq) in seq.iter_mut().enumerate() {
+            if !due(i, ms) {
+                continue;
+            }
+            *seq += 1;
+            let rate = if i < VIDEO_STREAMS { 90 } else { 48 };
+            timed(&mut sender, || pair.write(i, *seq, (ms * rate) as u32, now))?;
+            sender.packets += 1;
+        }
+        timed(&mut sender, || pair.run_sender(now))?;
+        receiver.packets += timed(&mut receiver, || pair.run_receiver(now))?;
+        timed(&mut sender, || pair.feed_sender(now))?;
+    }
+    Ok((sender, receiver))
+}
+
 mod with_str0m {
     use super::*;
     use str0m::format::Codec;
@@ -187,54 +223,67 @@ mod with_str0m {
             bail!("str0m peers did not connect");
         }
 
-        let (mut sender, mut receiver) = (Side::default(), Side::default());
-        let payloads: Vec<Vec<u8>> = (0..streams).map(|i| vec![0x5a; payload_len(i)]).collect();
-        let mut seq = vec![0u64; streams];
-        let start = now;
-        for ms in 0..SECONDS * 1000 {
-            now = start + Duration::from_millis(ms);
-            for i in 0..streams {
-                if !due(i, ms) {
-                    continue;
-                }
-                seq[i] += 1;
-                let (pt, rate) = if i < VIDEO_STREAMS {
-                    (pt_video, 90)
-                } else {
-                    (pt_audio, 48)
-                };
-                let payload = payloads[i].clone();
-                timed(&mut sender, || -> anyhow::Result<()> {
-                    let mut direct = a.direct_api();
-                    let stream = direct.stream_tx(&ssrcs[i]).context("stream")?;
-                    stream.write_rtp(
-                        pt,
-                        seq[i].into(),
-                        (ms * rate) as u32,
-                        now,
-                        false,
-                        ExtensionValues::default(),
-                        true,
-                        payload,
-                    )?;
-                    Ok(())
-                })?;
-                sender.packets += 1;
-            }
-            timed(&mut sender, || drive(&mut a, now, &mut to_b))?;
-            let got = timed(&mut receiver, || -> anyhow::Result<u64> {
-                let mut got = deliver(&mut b, now, &mut to_b, &mut to_a)?;
-                got += drive(&mut b, now, &mut to_a)?;
-                Ok(got)
-            })?;
-            receiver.packets += got;
-            timed(&mut sender, || deliver(&mut a, now, &mut to_a, &mut to_b))?;
-        }
+        let mut pair = Str0mPair {
+            a,
+            b,
+            to_a,
+            to_b,
+            ssrcs,
+            pts: (pt_video, pt_audio),
+            payloads: (0..streams).map(|i| vec![0x5a; payload_len(i)]).collect(),
+        };
+        let (sender, receiver) = measure(&mut pair, now)?;
         Ok(Run {
             stack: "str0m 0.14.3 (aws-lc-rs)",
             sender,
             receiver,
         })
+    }
+
+    struct Str0mPair {
+        a: Rtc,
+        b: Rtc,
+        to_a: Wire,
+        to_b: Wire,
+        ssrcs: Vec<Ssrc>,
+        pts: (str0m::media::Pt, str0m::media::Pt),
+        payloads: Vec<Vec<u8>>,
+    }
+
+    impl Pair for Str0mPair {
+        fn write(&mut self, i: usize, seq: u64, rtp_time: u32, now: Instant) -> anyhow::Result<()> {
+            let pt = if i < VIDEO_STREAMS {
+                self.pts.0
+            } else {
+                self.pts.1
+            };
+            let mut direct = self.a.direct_api();
+            let stream = direct.stream_tx(&self.ssrcs[i]).context("stream")?;
+            stream.write_rtp(
+                pt,
+                seq.into(),
+                rtp_time,
+                now,
+                false,
+                ExtensionValues::default(),
+                true,
+                self.payloads[i].clone(),
+            )?;
+            Ok(())
+        }
+
+        fn run_sender(&mut self, now: Instant) -> anyhow::Result<()> {
+            drive(&mut self.a, now, &mut self.to_b).map(|_| ())
+        }
+
+        fn feed_sender(&mut self, now: Instant) -> anyhow::Result<()> {
+            deliver(&mut self.a, now, &mut self.to_a, &mut self.to_b).map(|_| ())
+        }
+
+        fn run_receiver(&mut self, now: Instant) -> anyhow::Result<u64> {
+            let got = deliver(&mut self.b, now, &mut self.to_b, &mut self.to_a)?;
+            Ok(got + drive(&mut self.b, now, &mut self.to_a)?)
+        }
     }
 }
 
@@ -471,52 +520,67 @@ mod with_rtc {
                 .context("no codec")?;
             pts.push(pt);
         }
-        let (mut sender, mut receiver) = (Side::default(), Side::default());
-        let payloads: Vec<Bytes> = (0..streams)
-            .map(|i| Bytes::from(vec![0x5a; payload_len(i)]))
-            .collect();
-        let mut seq = vec![0u16; streams];
-        let start = now;
-        for ms in 0..SECONDS * 1000 {
-            now = start + Duration::from_millis(ms);
-            for i in 0..streams {
-                if !due(i, ms) {
-                    continue;
-                }
-                seq[i] = seq[i].wrapping_add(1);
-                let rate = if i < VIDEO_STREAMS { 90 } else { 48 };
-                let packet = rtc::rtp::Packet {
-                    header: rtc::rtp::header::Header {
-                        version: 2,
-                        payload_type: pts[i],
-                        sequence_number: seq[i],
-                        timestamp: (ms * rate) as u32,
-                        ssrc: senders[i].1,
-                        ..Default::default()
-                    },
-                    payload: payloads[i].clone(),
-                };
-                timed(&mut sender, || -> anyhow::Result<()> {
-                    let mut s = a.pc.rtp_sender(senders[i].0).context("sender")?;
-                    s.write_rtp(now, packet)?;
-                    Ok(())
-                })?;
-                sender.packets += 1;
-            }
-            timed(&mut sender, || a.drive(now, &mut to_b))?;
-            let got = timed(&mut receiver, || -> anyhow::Result<u64> {
-                let mut got = b.deliver(now, &mut to_b, &mut to_a)?;
-                got += b.drive(now, &mut to_a)?;
-                Ok(got)
-            })?;
-            receiver.packets += got;
-            timed(&mut sender, || a.deliver(now, &mut to_a, &mut to_b))?;
-        }
+        let mut pair = RtcPair {
+            a,
+            b,
+            to_a,
+            to_b,
+            senders,
+            pts,
+            payloads: (0..streams)
+                .map(|i| Bytes::from(vec![0x5a; payload_len(i)]))
+                .collect(),
+        };
+        let (sender, receiver) = measure(&mut pair, now)?;
         Ok(Run {
             stack: "rtc 0.21.1 (webrtc-rs, Consilium's patched copies)",
             sender,
             receiver,
         })
+    }
+
+    struct RtcPair {
+        a: Peer,
+        b: Peer,
+        to_a: Wire,
+        to_b: Wire,
+        senders: Vec<(RTCRtpSenderId, u32)>,
+        pts: Vec<u8>,
+        payloads: Vec<Bytes>,
+    }
+
+    impl Pair for RtcPair {
+        fn write(&mut self, i: usize, seq: u64, rtp_time: u32, now: Instant) -> anyhow::Result<()> {
+            let packet = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    payload_type: self.pts[i],
+                    sequence_number: seq as u16,
+                    timestamp: rtp_time,
+                    ssrc: self.senders[i].1,
+                    ..Default::default()
+                },
+                payload: self.payloads[i].clone(),
+            };
+            let mut s = self.a.pc.rtp_sender(self.senders[i].0).context("sender")?;
+            s.write_rtp(now, packet)?;
+            Ok(())
+        }
+
+        fn run_sender(&mut self, now: Instant) -> anyhow::Result<()> {
+            self.a.drive(now, &mut self.to_b).map(|_| ())
+        }
+
+        fn feed_sender(&mut self, now: Instant) -> anyhow::Result<()> {
+            self.a
+                .deliver(now, &mut self.to_a, &mut self.to_b)
+                .map(|_| ())
+        }
+
+        fn run_receiver(&mut self, now: Instant) -> anyhow::Result<u64> {
+            let got = self.b.deliver(now, &mut self.to_b, &mut self.to_a)?;
+            Ok(got + self.b.drive(now, &mut self.to_a)?)
+        }
     }
 }
 
