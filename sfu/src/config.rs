@@ -21,8 +21,8 @@ pub struct SfuConfig {
     pub keyframe_request_interval: Duration,
     /// Run send-side congestion control on every connection (transport-wide sequence numbers
     /// on what the SFU sends, the subscriber's feedback into a GCC estimator) to estimate each
-    /// subscriber's bandwidth. Off by default: it costs 7–20 % more CPU per forwarded packet
-    /// and ≈ 0.1 MiB per participant (docs/benchmarks.md), and nothing acts on the estimate
+    /// subscriber's bandwidth. Off by default: it costs 9–15 % more CPU per forwarded packet
+    /// and ≈ 0.13 MiB per participant (docs/benchmarks.md), and nothing acts on the estimate
     /// yet (simulcast layer choice will).
     pub bandwidth_estimation: bool,
 }

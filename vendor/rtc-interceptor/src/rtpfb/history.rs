@@ -3,7 +3,52 @@
 use super::acknowledgement::{Acknowledgement, PacketReport};
 use rtcp::transport_feedbacks::cc_feedback_report::Ecn;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
+
+/// Consilium patch: the history's maps are keyed by integers this endpoint assigned itself
+/// (ids, transport-wide and RTP sequence numbers of its own packets: a remote's feedback only
+/// looks them up), and every packet sent inserts into three of them and removes from three,
+/// so std's SipHash was most of the history's cost on a forwarding server (vendor/README.md).
+/// A multiplicative hash (FxHash's constant) is enough for such keys.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IntHasher(u64);
+
+impl IntHasher {
+    fn add(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.add(u64::from(b));
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+}
+
+type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
 
 /// Records outgoing packets and matches incoming feedback against them.
 ///
@@ -14,9 +59,9 @@ use std::time::{Duration, Instant};
 pub struct History {
     /// Monotonic id, so reports come out in send order however sequence numbers wrap.
     next_id: u64,
-    packets: HashMap<u64, PacketReport>,
-    twcc_index: HashMap<u16, u64>,
-    ssrc_sequence_index: HashMap<(u32, u16), u64>,
+    packets: IntMap<u64, PacketReport>,
+    twcc_index: IntMap<u16, u64>,
+    ssrc_sequence_index: IntMap<(u32, u16), u64>,
     /// Highest id acknowledged so far.
     highest_acknowledged: Option<u64>,
     /// Lowest id not yet reported to the consumer.
