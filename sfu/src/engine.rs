@@ -1466,7 +1466,9 @@ impl Engine {
     }
 
     fn housekeeping(&mut self, now: Instant) {
-        if now.saturating_duration_since(self.estimates_sampled) >= ESTIMATE_SAMPLE_INTERVAL {
+        if self.config.bandwidth_estimation
+            && now.saturating_duration_since(self.estimates_sampled) >= ESTIMATE_SAMPLE_INTERVAL
+        {
             self.estimates_sampled = now;
             for p in self.peers.values() {
                 if let (false, Some(bps)) = (p.subscriptions.is_empty(), p.estimate.get()) {

@@ -182,7 +182,6 @@ impl<E: BandwidthEstimator> CongestionControlInterceptor<E> {
                 );
             }
         }
-
     }
 }
 
