@@ -30,6 +30,8 @@ pub struct ConnectOptions {
     pub label: Option<String>,
     /// Joiners join with `POST /join`, the WebSocket opening alongside.
     pub join_over_http: bool,
+    /// Receive slots in each joiner's offer ([`ParticipantConfig::receive_slots`]).
+    pub receive_slots: usize,
     /// Print progress to stderr.
     pub progress: bool,
 }
@@ -145,6 +147,7 @@ pub async fn run(options: &ConnectOptions) -> anyhow::Result<Report> {
                 config.publish_audio = !options.receive_only;
                 config.publish_video = !options.receive_only;
                 config.join_over_http = options.join_over_http;
+                config.receive_slots = options.receive_slots;
                 match measure_one(config, options.timeout).await {
                     Ok(s) => samples.push(s),
                     Err(e) => {
@@ -178,6 +181,7 @@ pub async fn run(options: &ConnectOptions) -> anyhow::Result<Report> {
             room_size: options.room_size,
             receive_only: options.receive_only,
             join_over_http: options.join_over_http,
+            receive_slots: options.receive_slots,
             duration_s,
             machine: Machine::this(),
         },

@@ -130,6 +130,10 @@ struct ConnectArgs {
     /// the socket is open).
     #[arg(long, value_enum, default_value_t = JoinOver::Http)]
     join: JoinOver,
+    /// Receive-only audio+video m-section pairs in each joiner's offer, as the web client
+    /// makes: the room's tracks come in the answer. 0: they come by renegotiation.
+    #[arg(long, default_value_t = 1)]
+    receive_slots: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -333,6 +337,7 @@ async fn run_connect(args: ConnectArgs) -> anyhow::Result<()> {
         bind_ip: args.bind_ip,
         label: args.label,
         join_over_http: args.join == JoinOver::Http,
+        receive_slots: args.receive_slots,
         progress: true,
     })
     .await?;

@@ -32,7 +32,8 @@ use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState}
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
@@ -71,6 +72,11 @@ pub struct ParticipantConfig {
     /// Join with `POST /join` while the WebSocket opens alongside (`docs/protocol.md`,
     /// "Joining over HTTP") instead of with a `join` message on the open socket.
     pub join_over_http: bool,
+    /// Receive-only audio and video m-section pairs at the head of the offer, as the web
+    /// client makes (`docs/protocol.md`, "Receive slots"): the server's answer puts the
+    /// room's first tracks on them, with no renegotiation. 0: every remote track comes by
+    /// renegotiation.
+    pub receive_slots: usize,
 }
 
 impl ParticipantConfig {
@@ -89,6 +95,7 @@ impl ParticipantConfig {
             bind_ip: IpAddr::from([127, 0, 0, 1]),
             drop_every_nth_rtp: None,
             join_over_http: false,
+            receive_slots: 0,
         }
     }
 }
@@ -199,6 +206,9 @@ pub struct Stats {
     /// RTP datagrams discarded on arrival by [`ParticipantConfig::drop_every_nth_rtp`].
     pub rtp_dropped_on_purpose: u64,
     pub timings: JoinTimings,
+    /// Offers the server sent after the join (renegotiations), and the last one's SDP.
+    pub server_offers: u64,
+    pub last_server_offer: Option<String>,
 }
 
 enum Command {
@@ -212,6 +222,9 @@ pub struct Participant {
     pub id: String,
     /// The participants already in the room when this one joined (id, name).
     pub others: Vec<(String, String)>,
+    /// Our join's offer and the server's answer to it.
+    pub offer: String,
+    pub answer: String,
     events: mpsc::UnboundedReceiver<Event>,
     commands: mpsc::UnboundedSender<Command>,
     stats: Arc<Mutex<Stats>>,
@@ -231,7 +244,7 @@ impl Participant {
         let offer = peer.offer()?;
         let join = json!({
             "type": "join", "v": 1, "room": config.room, "name": config.name,
-            "token": config.token, "offer": offer,
+            "token": config.token, "offer": &offer,
         })
         .to_string();
         let (signal, joined, ws_open) = if config.join_over_http {
@@ -270,7 +283,7 @@ impl Participant {
             .as_str()
             .ok_or_else(|| anyhow!("joined without answer"))?
             .to_owned();
-        peer.apply_answer(answer)?;
+        peer.apply_answer(answer.clone())?;
         // Trickle our one candidate, as a browser would.
         let candidate =
             json!({"type": "candidate", "candidate": peer.local_candidate.clone()}).to_string();
@@ -320,6 +333,8 @@ impl Participant {
         Ok(Participant {
             id,
             others,
+            offer,
+            answer,
             events,
             commands,
             stats,
@@ -623,6 +638,31 @@ impl ClientPeer {
             };
             tracks.push((Kind::Video, "screen", vp8(), screen));
         }
+        // The slots offer what the synthetic publishers send (Opus, VP8), as a browser's
+        // offer what it can send: offering every codec `rtc` knows made each slot's
+        // m-section ~30 codecs long, and the server's join 6 ms slower per slot pair
+        // (rtc's SDP codec parsing is quadratic in a section's payload types).
+        for _ in 0..config.receive_slots {
+            for (kind, codec, payload_type) in [
+                (RtpCodecKind::Audio, opus(), 111),
+                (RtpCodecKind::Video, vp8(), 96),
+            ] {
+                let slot = pc.add_transceiver_from_kind(
+                    kind,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Recvonly,
+                        streams: vec![],
+                        send_encodings: vec![],
+                    }),
+                )?;
+                if let Some(mut t) = pc.rtp_transceiver(slot) {
+                    t.set_codec_preferences(vec![RTCRtpCodecParameters {
+                        rtp_codec: codec,
+                        payload_type,
+                    }])?;
+                }
+            }
+        }
         for (kind, label, codec, source) in tracks {
             let ssrc: u32 = rand::random();
             let rtc_kind = match kind {
@@ -879,6 +919,10 @@ impl Loop {
         match msg["type"].as_str().unwrap_or("") {
             "offer" => {
                 let sdp = msg["sdp"].as_str().unwrap_or_default().to_owned();
+                if let Ok(mut s) = self.stats.lock() {
+                    s.server_offers += 1;
+                    s.last_server_offer = Some(sdp.clone());
+                }
                 let answer = self.peer.answer_offer(sdp)?;
                 self.send_signal(json!({"type": "answer", "sdp": answer}).to_string())
                     .await?;

@@ -99,6 +99,8 @@ pub struct RunInfo {
     /// The joins used `POST /join` (the socket opening alongside) instead of a `join`
     /// message on the open socket.
     pub join_over_http: bool,
+    /// Receive slots in each joiner's offer (0: the room's tracks came by renegotiation).
+    pub receive_slots: usize,
     pub duration_s: f64,
     pub machine: Machine,
 }
@@ -119,6 +121,8 @@ pub struct Report {
     /// How the joins joined: "http" (`POST /join`, the WebSocket opening alongside) or
     /// "websocket" (a `join` message on the open socket).
     pub join: &'static str,
+    /// Receive slots in each joiner's offer (0: the room's tracks came by renegotiation).
+    pub receive_slots: usize,
     /// start of the join → first remote RTP, the headline figure.
     pub connect_ms: Percentiles,
     pub phases: Phases,
@@ -153,6 +157,7 @@ impl Report {
             } else {
                 "websocket"
             },
+            receive_slots: info.receive_slots,
             connect_ms: Percentiles::of(&connect),
             phases: Phases {
                 ws_open_ms: col(|s| s.ws_open_ms),
@@ -662,6 +667,7 @@ mod tests {
                 room_size: 2,
                 receive_only: false,
                 join_over_http: false,
+                receive_slots: 0,
                 duration_s: 12.5,
                 machine: Machine {
                     cores: 2,
@@ -742,6 +748,7 @@ mod tests {
                 room_size: 2,
                 receive_only: true,
                 join_over_http: true,
+                receive_slots: 0,
                 duration_s: 0.0,
                 machine: Machine::this(),
             },

@@ -278,9 +278,30 @@ struct Datagram {
 /// What a datagram on a WebRTC media port is (RFC 7983), for the relay's trace log
 /// (`LOADTEST_LOG=loadtest::wan=trace`): which flight a lost datagram belonged to is what
 /// explains a slow join.
+/// STUN's USE-CANDIDATE attribute (RFC 8445 §16.1): the controlling agent nominates the pair.
+const USE_CANDIDATE: u16 = 0x0025;
+
+/// Whether a STUN message carries an attribute of type `wanted` (attributes follow the
+/// 20-byte header, each type, length, value padded to 4 bytes).
+fn stun_has_attribute(d: &[u8], wanted: u16) -> bool {
+    let mut at = 20;
+    while let Some(header) = d.get(at..at + 4) {
+        let kind = u16::from_be_bytes([header[0], header[1]]);
+        if kind == wanted {
+            return true;
+        }
+        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        at += 4 + len.div_ceil(4) * 4;
+    }
+    false
+}
+
 fn datagram_kind(d: &[u8]) -> &'static str {
     match d.first() {
         Some(0..=3) => match d.get(..2) {
+            Some([0x00, 0x01]) if stun_has_attribute(d, USE_CANDIDATE) => {
+                "stun request (nominating)"
+            }
             Some([0x00, 0x01]) => "stun request",
             Some([0x01, 0x01]) => "stun success",
             _ => "stun other",

@@ -346,6 +346,14 @@ struct IdleSender {
     down: DownTrack,
 }
 
+/// A receive slot of the client's offer that no track has taken yet (see
+/// [`take_free_slots`]): the next subscription of its kind goes on it instead of on a new
+/// m-section.
+struct FreeSlot {
+    id: RTCRtpTransceiverId,
+    kind: RtpCodecKind,
+}
+
 /// DTLS datagrams kept per peer from before its ICE connected: a ClientHello (two datagrams
 /// when it carries a post-quantum key share) and a retransmission of it.
 const MAX_EARLY_DTLS: usize = 4;
@@ -366,6 +374,10 @@ const VIDEO_HISTORY_AGE: Duration = Duration::from_secs(1);
 /// arrived a round trip or two ago); older, the subscriber asks for a fresh one instead of
 /// being sent a burst of stale video.
 const MAX_KEYFRAME_REPLAY_AGE: Duration = Duration::from_secs(1);
+
+/// A keyframe asked for this recently, for a joiner, is still on its way or in the history
+/// when the joiner's ICE is up: no second request (each costs the publisher a keyframe).
+const KEYFRAME_PREFETCH_FRESH: Duration = Duration::from_millis(500);
 
 /// A track a peer publishes, and who receives it.
 struct PublishedTrack {
@@ -394,6 +406,8 @@ struct MediaPeer {
     /// subscription of the same codec: an m-line per departed publisher would grow the SDP
     /// without end in a long meeting (past 64 KiB after ~56 joins and leaves).
     idle_senders: Vec<IdleSender>,
+    /// Receive slots of the client's offer still without a track, in transceiver order.
+    free_slots: Vec<FreeSlot>,
     /// Our sending tracks' ids, for routing a subscriber's PLI to the source.
     sender_tracks: HashMap<MediaStreamTrackId, TrackKey>,
     needs_offer: bool,
@@ -491,6 +505,61 @@ fn send_counted(batch: &mut SendBatch<BytesMut>, socket: &UdpSocket, metrics: &S
     }
 }
 
+/// The payload type a negotiated sender sends `mime` with (the answer's, which may differ
+/// from the publisher's).
+fn negotiated_payload_type(
+    pc: &mut RTCPeerConnection,
+    sender_id: RTCRtpSenderId,
+    mime: &str,
+) -> Option<u8> {
+    pc.rtp_sender(sender_id).and_then(|mut s| {
+        let codecs = &s.get_parameters().rtp_parameters.codecs;
+        codecs
+            .iter()
+            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+            .or(codecs.first())
+            .map(|c| c.payload_type)
+    })
+}
+
+/// After a joiner's offer is applied: turns the receive slots that got no track inactive
+/// and returns those a later track can take with `add_track`.
+///
+/// `rtc` has no call that puts a sender on a chosen transceiver; `add_track` takes the
+/// first transceiver of the kind that has no sender, and the client's own sending
+/// m-sections have none on our side either. A slot is only usable if none of those comes
+/// before it, which is why the web client puts its slots first in its offer.
+fn take_free_slots(
+    pc: &mut RTCPeerConnection,
+    kinds: &HashMap<String, RtpCodecKind>,
+) -> Vec<FreeSlot> {
+    let mut free = Vec::new();
+    let mut blocked: Vec<RtpCodecKind> = Vec::new();
+    let ids: Vec<RTCRtpTransceiverId> = pc.get_transceivers().collect();
+    for id in ids {
+        let Some(mut t) = pc.rtp_transceiver(id) else {
+            continue;
+        };
+        if t.sender().is_some() {
+            continue;
+        }
+        let Some(kind) = t.mid().as_ref().and_then(|m| kinds.get(m)).copied() else {
+            continue;
+        };
+        if t.direction() == RTCRtpTransceiverDirection::Sendonly {
+            // Answered sendonly without a track, the browser would show a track that never
+            // plays.
+            t.set_direction(RTCRtpTransceiverDirection::Inactive);
+            if !blocked.contains(&kind) {
+                free.push(FreeSlot { id, kind });
+            }
+        } else if !blocked.contains(&kind) {
+            blocked.push(kind);
+        }
+    }
+    free
+}
+
 fn random_token(len: usize) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -504,7 +573,13 @@ impl Engine {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Join { request, reply } => {
+                let started = Instant::now();
                 let result = self.join(request);
+                tracing::debug!(
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    ok = result.is_ok(),
+                    "join answered"
+                );
                 let _ = reply.send(result);
             }
             Command::Candidate { peer_id, candidate } => {
@@ -618,27 +693,119 @@ impl Engine {
         }
         let now = Instant::now();
         crate::sdp_check::check_msids(&request.offer).map_err(SfuError::BadSdp)?;
+        let kinds =
+            crate::sdp_check::media_kinds_by_mid(&request.offer).map_err(SfuError::BadSdp)?;
         let ufrag = random_token(16);
         let pwd = random_token(32);
         let estimate = BandwidthEstimate::default();
         let mut pc = self.build_peer_connection(&ufrag, &pwd, estimate.clone())?;
         let offer = RTCSessionDescription::offer(request.offer)
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let data_channel = guarded("create_data_channel", || {
+            pc.create_data_channel(
+                "consilium",
+                Some(rtc::data_channel::RTCDataChannelInit {
+                    ordered: true,
+                    negotiated: Some(0),
+                    ..Default::default()
+                }),
+            )
+            .map(|dc| dc.id())
+            .map_err(|e| SfuError::Rtc(e.to_string()))
+        })??;
+
+        let key = self.next_key;
+        self.next_key += 1;
+        self.demux.add_peer(ufrag, key);
+        self.ids.insert(request.peer_id.clone(), key);
+        let room_peers = self.rooms.entry(request.room.clone()).or_default();
+        let existing: Vec<PeerKey> = room_peers.clone();
+        room_peers.push(key);
+        self.peers.insert(
+            key,
+            MediaPeer {
+                id: request.peer_id,
+                room: request.room,
+                may_publish: request.may_publish,
+                pc,
+                events: request.events,
+                data_channel: Some(data_channel),
+                published: HashMap::new(),
+                subscriptions: HashMap::new(),
+                idle_senders: Vec::new(),
+                free_slots: Vec::new(),
+                sender_tracks: HashMap::new(),
+                needs_offer: false,
+                offered: None,
+                state: ConnectionState::Connecting,
+                created: now,
+                deadline: None,
+                track_counter: 0,
+                milestones: 0,
+                last_heard: now,
+                early_dtls: Vec::new(),
+                last_from: None,
+                last_sent_to: None,
+                estimate,
+            },
+        );
+        self.metrics.peers.inc();
+        // The new peer receives what the room already publishes, in the order it was
+        // published. The tracks go on before the offer is applied: see `answer_join`.
+        let mut room_tracks: Vec<TrackKey> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| existing.contains(&t.publisher))
+            .map(|(k, _)| *k)
+            .collect();
+        room_tracks.sort_unstable();
+        for track in room_tracks {
+            self.subscribe(key, track);
+        }
+        let answer = match self.answer_join(key, offer, &kinds, now) {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.remove(key, None);
+                return Err(e);
+            }
+        };
+        self.prefetch_keyframes(key, now);
+        self.pump(key, now);
+        Ok(answer)
+    }
+
+    /// Answers a joiner's offer, with as many of the room's tracks in the answer as the
+    /// offer has receive-only m-sections ("receive slots") of their kind.
+    ///
+    /// `join` has put each room track on a sendonly transceiver that has no mid yet. When
+    /// `rtc` applies an offer, it matches each new remote recvonly m-section to such a
+    /// transceiver of its kind (RFC 8829 §5.10, as browsers do): those tracks are in this
+    /// answer and flow the moment DTLS is up, without the renegotiation round trip that
+    /// otherwise follows the join. Tracks that find no slot are offered afterwards as before;
+    /// slots that find no track are answered inactive and kept for later tracks.
+    fn answer_join(
+        &mut self,
+        key: PeerKey,
+        offer: RTCSessionDescription,
+        kinds: &HashMap<String, RtpCodecKind>,
+        now: Instant,
+    ) -> Result<String, SfuError> {
         let local_addr = self.local_addr;
-        let (answer, data_channel) = guarded("answer", || -> Result<_, SfuError> {
-            let data_channel = pc
-                .create_data_channel(
-                    "consilium",
-                    Some(rtc::data_channel::RTCDataChannelInit {
-                        ordered: true,
-                        negotiated: Some(0),
-                        ..Default::default()
-                    }),
-                )
-                .map_err(|e| SfuError::Rtc(e.to_string()))?
-                .id();
+        let peer = self
+            .peers
+            .get_mut(&key)
+            .ok_or_else(|| SfuError::Rtc("joining peer vanished".into()))?;
+        let MediaPeer {
+            pc,
+            subscriptions,
+            free_slots,
+            needs_offer,
+            ..
+        } = peer;
+        let answer = guarded("answer", || -> Result<String, SfuError> {
             pc.set_remote_description(now, offer)
                 .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+            *free_slots = take_free_slots(pc, kinds);
             let candidate = CandidateHostConfig {
                 base_config: CandidateConfig {
                     network: "udp".to_owned(),
@@ -661,59 +828,22 @@ impl Engine {
                 .map_err(|e| SfuError::BadSdp(e.to_string()))?;
             pc.set_local_description(now, answer)
                 .map_err(|e| SfuError::BadSdp(e.to_string()))?;
-            let sdp = pc
-                .local_description()
+            pc.local_description()
                 .map(|d| d.sdp)
-                .ok_or_else(|| SfuError::Rtc("no local description".into()))?;
-            Ok((sdp, data_channel))
+                .ok_or_else(|| SfuError::Rtc("no local description".into()))
         })??;
-
-        let key = self.next_key;
-        self.next_key += 1;
-        self.demux.add_peer(ufrag, key);
-        self.ids.insert(request.peer_id.clone(), key);
-        let room_peers = self.rooms.entry(request.room.clone()).or_default();
-        let existing: Vec<PeerKey> = room_peers.clone();
-        room_peers.push(key);
-        self.peers.insert(
-            key,
-            MediaPeer {
-                id: request.peer_id,
-                room: request.room,
-                may_publish: request.may_publish,
-                pc,
-                events: request.events,
-                data_channel: Some(data_channel),
-                published: HashMap::new(),
-                subscriptions: HashMap::new(),
-                idle_senders: Vec::new(),
-                sender_tracks: HashMap::new(),
-                needs_offer: false,
-                offered: None,
-                state: ConnectionState::Connecting,
-                created: now,
-                deadline: None,
-                track_counter: 0,
-                milestones: 0,
-                last_heard: now,
-                early_dtls: Vec::new(),
-                last_from: None,
-                last_sent_to: None,
-                estimate,
-            },
-        );
-        self.metrics.peers.inc();
-        // The new peer receives what the room already publishes.
-        let room_tracks: Vec<TrackKey> = self
-            .tracks
-            .iter()
-            .filter(|(_, t)| existing.contains(&t.publisher))
-            .map(|(k, _)| *k)
-            .collect();
-        for track in room_tracks {
-            self.subscribe(key, track);
+        // A transceiver with a mid is in the answer: negotiated, it starts when DTLS is up.
+        *needs_offer = false;
+        for sub in subscriptions.values_mut() {
+            let in_answer = pc
+                .rtp_transceiver(RTCRtpTransceiverId::from(sub.sender_id))
+                .is_some_and(|t| t.mid().is_some());
+            if in_answer {
+                sub.payload_type = negotiated_payload_type(pc, sub.sender_id, &sub.mime);
+            } else {
+                *needs_offer = true;
+            }
         }
-        self.pump(key, now);
         Ok(answer)
     }
 
@@ -757,14 +887,7 @@ impl Engine {
                 continue;
             };
             if sub.payload_type.is_none() {
-                sub.payload_type = peer.pc.rtp_sender(sub.sender_id).and_then(|mut s| {
-                    let codecs = &s.get_parameters().rtp_parameters.codecs;
-                    codecs
-                        .iter()
-                        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&sub.mime))
-                        .or(codecs.first())
-                        .map(|c| c.payload_type)
-                });
+                sub.payload_type = negotiated_payload_type(&mut peer.pc, sub.sender_id, &sub.mime);
             }
         }
         self.activate_subscriptions(key, now);
@@ -809,17 +932,28 @@ impl Engine {
         }
     }
 
-    /// The subscriber's ICE is up and DTLS has round trips to go: ask for the keyframe
-    /// now, so that it is in the track's [`PacketHistory`] when DTLS is done.
+    /// Asks the publishers of a subscriber's video for a keyframe before its transport is
+    /// up, so that one is in the track's [`PacketHistory`] when DTLS is done: at the join
+    /// (the tracks on receive slots flow the moment DTLS is up, and a browser's ICE and
+    /// DTLS now take ~10 ms on loopback, less than a publisher's encoder takes to make a
+    /// keyframe), and again when ICE is up for tracks whose last request is older than
+    /// [`KEYFRAME_PREFETCH_FRESH`] (a slow link's join, whose first keyframe would be too
+    /// old to replay by then).
     fn prefetch_keyframes(&mut self, key: PeerKey, now: Instant) {
         let Some(peer) = self.peers.get(&key) else {
             return;
         };
+        let fresh_since = now.checked_sub(KEYFRAME_PREFETCH_FRESH).unwrap_or(now);
         let tracks: Vec<TrackKey> = peer
             .subscriptions
             .iter()
             .filter(|(_, sub)| matches!(sub.down.kind(), MediaKind::Video(_)))
             .map(|(track, _)| *track)
+            .filter(|track| {
+                self.tracks
+                    .get(track)
+                    .is_some_and(|t| !t.keyframes.requested_since(fresh_since))
+            })
             .collect();
         for track in tracks {
             self.request_keyframe(track, now);
@@ -847,6 +981,14 @@ impl Engine {
             .iter()
             .position(|i| i.mime.eq_ignore_ascii_case(&source.codec.mime_type))
             .map(|i| peer.idle_senders.swap_remove(i));
+        let slot = match idle {
+            Some(_) => None,
+            None => peer
+                .free_slots
+                .iter()
+                .position(|s| s.kind == kind)
+                .map(|i| peer.free_slots.remove(i)),
+        };
         let out_ssrc: u32 = idle
             .as_ref()
             .map_or_else(rand::random, |i| i.down.out_ssrc());
@@ -865,10 +1007,10 @@ impl Engine {
                 ..Default::default()
             }],
         );
-        let added = match idle {
+        let added = match (idle, slot) {
             // A departed publisher's transceiver: inactive → sendonly with the new
             // stream id, which browsers take as a new remote track.
-            Some(mut idle) => {
+            (Some(mut idle), _) => {
                 // Sendonly first: `rtc` hands out a sender only on a sending transceiver.
                 if let Some(mut t) = peer
                     .pc
@@ -890,10 +1032,25 @@ impl Engine {
                     None => Err("idle sender vanished".to_owned()),
                 }
             }
-            // Always a new sendonly transceiver otherwise: `add_track` would reuse the
-            // client's own (receiving) audio/video transceivers, which must keep carrying
-            // its uplink only.
-            None => {
+            // A receive slot of the client's offer: `add_track` takes it (it is the first
+            // transceiver of its kind without a sender, see `take_free_slots`).
+            (None, Some(slot)) => peer
+                .pc
+                .add_track(local_track)
+                .map(|sender_id| {
+                    if sender_id != RTCRtpSenderId::from(slot.id) {
+                        tracing::error!(
+                            peer = %peer.id,
+                            slot = slot.id,
+                            "add_track took another transceiver than the free slot"
+                        );
+                    }
+                    (sender_id, DownTrack::new(source.kind, out_ssrc))
+                })
+                .map_err(|e| e.to_string()),
+            // A new sendonly transceiver otherwise: `add_track` would reuse the client's own
+            // (receiving) audio/video transceivers, which must keep carrying its uplink only.
+            (None, None) => {
                 let init = RTCRtpTransceiverInit {
                     direction: RTCRtpTransceiverDirection::Sendonly,
                     streams: vec![publisher_id.clone()],
@@ -1810,6 +1967,93 @@ mod tests {
             transport: TransportContext::default(),
             message: AttributedPacket::new(Packet::Rtcp(vec![packet])),
         }
+    }
+
+    /// An offer with receive slots before and after the client's own sending m-section of
+    /// a kind: `add_track` would take the sending section before a slot behind it, so only
+    /// the slots ahead of it (and those of a kind the client does not send) are free, and
+    /// every unfilled slot is answered inactive.
+    #[test]
+    fn only_slots_ahead_of_the_clients_own_sections_of_their_kind_are_free() {
+        use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
+        let now = Instant::now();
+        let mut media_engine = MediaEngine::default();
+        media_engine.register_default_codecs().unwrap();
+        let mut client = RTCPeerConnectionBuilder::new()
+            .with_media_engine(media_engine)
+            .build(now)
+            .unwrap();
+        let recvonly = |client: &mut RTCPeerConnection, kind| {
+            client
+                .add_transceiver_from_kind(
+                    kind,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Recvonly,
+                        streams: vec![],
+                        send_encodings: vec![],
+                    }),
+                )
+                .unwrap();
+        };
+        recvonly(&mut client, RtpCodecKind::Audio); // mid 0: free
+        client
+            .add_transceiver_from_kind(
+                RtpCodecKind::Audio,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec!["me".into()],
+                    send_encodings: vec![RTCRtpEncodingParameters {
+                        rtp_coding_parameters: RTCRtpCodingParameters {
+                            ssrc: Some(1),
+                            ..Default::default()
+                        },
+                        codec: RTCRtpCodec {
+                            mime_type: MIME_TYPE_OPUS.to_owned(),
+                            clock_rate: 48_000,
+                            channels: 2,
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    }],
+                }),
+            )
+            .unwrap(); // mid 1: the client's own audio
+        recvonly(&mut client, RtpCodecKind::Audio); // mid 2: behind it, not free
+        recvonly(&mut client, RtpCodecKind::Video); // mid 3: free
+        let offer = client.create_offer(None).unwrap();
+        client.set_local_description(now, offer.clone()).unwrap();
+        let kinds = crate::sdp_check::media_kinds_by_mid(&offer.sdp).unwrap();
+
+        let mut media_engine = MediaEngine::default();
+        media_engine.register_default_codecs().unwrap();
+        let mut server = RTCPeerConnectionBuilder::new()
+            .with_media_engine(media_engine)
+            .build(now)
+            .unwrap();
+        server.set_remote_description(now, offer).unwrap();
+        let free = take_free_slots(&mut server, &kinds);
+        let mids: Vec<String> = free
+            .iter()
+            .map(|s| server.rtp_transceiver(s.id).unwrap().mid().clone().unwrap())
+            .collect();
+        assert_eq!(mids, ["0", "3"]);
+        assert_eq!(
+            free.iter().map(|s| s.kind).collect::<Vec<_>>(),
+            [RtpCodecKind::Audio, RtpCodecKind::Video]
+        );
+        let answer = server.create_answer(None).unwrap();
+        let directions: Vec<&str> = answer
+            .sdp
+            .split("\nm=")
+            .skip(1)
+            .map(|section| {
+                ["sendonly", "recvonly", "sendrecv", "inactive"]
+                    .into_iter()
+                    .find(|d| section.contains(&format!("a={d}\r")))
+                    .unwrap_or("none")
+            })
+            .collect();
+        assert_eq!(directions, ["inactive", "recvonly", "inactive", "inactive"]);
     }
 
     /// The connection's real chain (with bandwidth estimation, whose transport-wide sequence

@@ -362,6 +362,11 @@ impl KeyframeRequests {
         self.poll(now)
     }
 
+    /// Whether a keyframe was asked for at `since` or later, or one is waiting to be.
+    pub fn requested_since(&self, since: Instant) -> bool {
+        self.pending || self.last_sent.is_some_and(|t| t >= since)
+    }
+
     /// Returns true if a held-back request is due now.
     pub fn poll(&mut self, now: Instant) -> bool {
         if !self.pending {
@@ -606,5 +611,19 @@ mod tests {
         assert!(k.poll(t0 + Duration::from_millis(500)));
         assert!(!k.poll(t0 + Duration::from_millis(2000)), "only one");
         assert_eq!(k.deadline(), None);
+    }
+
+    #[test]
+    fn a_recent_or_waiting_request_is_known() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut k = KeyframeRequests::new(ms(300));
+        assert!(!k.requested_since(t0), "never asked");
+        assert!(k.request(t0 + ms(10)));
+        assert!(k.requested_since(t0));
+        assert!(!k.requested_since(t0 + ms(11)), "asked before that");
+        // Held back by the rate limit: still counts as asked for.
+        assert!(!k.request(t0 + ms(100)));
+        assert!(k.requested_since(t0 + ms(50)));
     }
 }

@@ -7,6 +7,41 @@
 
 use std::collections::HashMap;
 
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+
+/// The most media sections a client's offer may have. Each becomes a transceiver with its
+/// own state on the server, and a browser call needs its two send sections, a few receive
+/// slots and the data channel: far more is a client abusing the server, not a call.
+pub const MAX_MEDIA_SECTIONS: usize = 64;
+
+/// The kind of each audio and video m-section of `sdp`, by mid, or why the description is
+/// refused (too many sections). The engine needs it to tell the client's receive slots from
+/// its own sending sections, which `rtc` does not expose.
+pub fn media_kinds_by_mid(sdp: &str) -> Result<HashMap<String, RtpCodecKind>, String> {
+    let mut kinds = HashMap::new();
+    let mut sections = 0usize;
+    let mut kind: Option<RtpCodecKind> = None;
+    for line in sdp.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(media) = line.strip_prefix("m=") {
+            sections += 1;
+            if sections > MAX_MEDIA_SECTIONS {
+                return Err(format!(
+                    "more than {MAX_MEDIA_SECTIONS} media sections in one description"
+                ));
+            }
+            kind = match media.split(' ').next() {
+                Some("audio") => Some(RtpCodecKind::Audio),
+                Some("video") => Some(RtpCodecKind::Video),
+                _ => None,
+            };
+        } else if let (Some(k), Some(mid)) = (kind, line.strip_prefix("a=mid:")) {
+            kinds.insert(mid.to_owned(), k);
+        }
+    }
+    Ok(kinds)
+}
+
 /// Why a session description is refused, or `Ok` if nothing here objects.
 pub fn check_msids(sdp: &str) -> Result<(), String> {
     // Track id → the m-section (0-based) that first carried it.
@@ -90,6 +125,26 @@ mod tests {
     #[test]
     fn msid_outside_a_media_section_is_refused() {
         assert!(check_msids("v=0\r\na=msid:s t\r\nm=audio 9 X 0\r\n").is_err());
+    }
+
+    #[test]
+    fn media_kinds_are_read_by_mid() {
+        let kinds = media_kinds_by_mid(
+            "v=0\r\nm=video 9 X 96\r\na=mid:0\r\nm=audio 9 X 111\r\na=mid:a1\r\n\
+             m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n",
+        )
+        .unwrap();
+        assert_eq!(kinds.len(), 2);
+        assert_eq!(kinds["0"], RtpCodecKind::Video);
+        assert_eq!(kinds["a1"], RtpCodecKind::Audio);
+    }
+
+    #[test]
+    fn too_many_media_sections_are_refused() {
+        let section = "m=audio 9 X 111\r\n";
+        assert!(media_kinds_by_mid(&section.repeat(MAX_MEDIA_SECTIONS)).is_ok());
+        let err = media_kinds_by_mid(&section.repeat(MAX_MEDIA_SECTIONS + 1)).unwrap_err();
+        assert!(err.contains("media sections"), "{err}");
     }
 
     #[test]

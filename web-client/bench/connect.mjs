@@ -3,12 +3,15 @@
 // publishes takes from navigation start to the first remote video frame on screen.
 //
 //   node bench/connect.mjs [--url http://127.0.0.1:8080] [--joins 30] [--out DIR] [--timeout 20000]
+//                          [--receive-slots N]
 //
 // One publisher page joins a fresh room and stays. Then, one after another, each joiner opens
 // in a fresh browser context (no cache, no cookies), navigates to /?room=<same>&name=Joiner-i,
 // waits until window.consilium.timings has first_remote_video_frame (the time its
 // requestVideoFrameCallback fired), records every timing (ms since navigation start) and
-// closes its context. Prints p50/p95/p99/max per phase (nearest rank) and writes
+// closes its context. --receive-slots N makes the joiners offer N receive slot pairs instead
+// of the client's default (window.__consiliumReceiveSlots; 0 = the others' tracks come by
+// renegotiation). Prints p50/p95/p99/max per phase (nearest rank) and writes
 // DIR/browser-connect.json (default DIR: bench/results).
 //
 // Server: --url, else CONSILIUM_URL, else CONSILIUM_BIN (default ../target/debug/consilium)
@@ -47,7 +50,7 @@ const PHASE_ORDER = [
 
 function usage(msg) {
   if (msg) console.error(`connect.mjs: ${msg}`);
-  console.error('usage: node bench/connect.mjs [--url URL] [--joins N] [--out DIR] [--timeout MS]');
+  console.error('usage: node bench/connect.mjs [--url URL] [--joins N] [--out DIR] [--timeout MS] [--receive-slots N]');
   process.exit(2);
 }
 
@@ -81,6 +84,7 @@ async function main() {
         joins: { type: 'string', default: '30' },
         out: { type: 'string', default: path.join(WEB_CLIENT_DIR, 'bench', 'results') },
         timeout: { type: 'string', default: '20000' },
+        'receive-slots': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -92,6 +96,10 @@ async function main() {
   const timeout = Number(opts.timeout);
   if (!Number.isInteger(joins) || joins < 1) usage('--joins must be a positive integer');
   if (!Number.isFinite(timeout) || timeout <= 0) usage('--timeout must be a positive number of ms');
+  const slots = opts['receive-slots'] === undefined ? null : Number(opts['receive-slots']);
+  if (slots !== null && !(Number.isInteger(slots) && slots >= 0)) usage('--receive-slots must be a whole number');
+  const slotsInit =
+    slots === null ? {} : { init: (n) => { window.__consiliumReceiveSlots = n; }, initArg: slots };
   if (opts.url) process.env.CONSILIUM_URL = opts.url;
 
   const server = await startServer(); // CONSILIUM_URL as is, else starts CONSILIUM_BIN
@@ -128,7 +136,7 @@ async function main() {
       });
       let page;
       try {
-        page = await openPage(browser, callUrl(server.url, { room, name: `Joiner-${i}` }));
+        page = await openPage(browser, callUrl(server.url, { room, name: `Joiner-${i}` }), slotsInit);
         const timings = await waitFor(
           () =>
             page.evaluate((key) => {
@@ -162,12 +170,12 @@ async function main() {
     const chromiumVersion = browser.version();
     await browser.close().catch(() => {});
     await server.stop();
-    report({ opts, server, samples, failures, joins, chromiumVersion, room });
+    report({ opts, server, samples, failures, joins, chromiumVersion, room, slots });
   }
   if (failures.length) process.exitCode = 1;
 }
 
-function report({ opts, server, samples, failures, joins, chromiumVersion, room }) {
+function report({ opts, server, samples, failures, joins, chromiumVersion, room, slots }) {
   const seen = new Set(samples.flatMap((s) => Object.keys(s)).filter((k) => k !== 'join'));
   const phases = [
     ...['response_end', 'dom_content_loaded', ...PHASE_ORDER].filter((k) => seen.has(k)),
@@ -196,6 +204,7 @@ function report({ opts, server, samples, failures, joins, chromiumVersion, room 
     url: server.url,
     room,
     joins,
+    receive_slots: slots ?? 'default',
     completed: samples.length,
     failed: failures.length,
     chromium: chromiumVersion,

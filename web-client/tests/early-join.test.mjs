@@ -40,9 +40,11 @@ const withLogs = (pages, fn) => withPageLogs(pages, fn, () => server);
  * Runs in the page before its own scripts: counts the RTCPeerConnections and WebSockets it
  * creates (window.__pcs, window.__sockets), and notes for each join sent, on a socket or as
  * POST /join, how and whether the modules (window.consilium) had run yet (window.__joins).
- * `faults` breaks the early path: closeFirstSocket, noFirstPeerConnection, failFirstOffer.
+ * `faults` breaks the early path: closeFirstSocket, noFirstPeerConnection, failFirstOffer;
+ * `faults.receiveSlots` sets how many receive slot pairs the page offers.
  */
 function instrument(faults = {}) {
+  if (typeof faults.receiveSlots === 'number') window.__consiliumReceiveSlots = faults.receiveSlots;
   const NativePC = window.RTCPeerConnection;
   const NativeWS = window.WebSocket;
   window.__pcs = [];
@@ -112,6 +114,22 @@ async function expectLiveRemote(page, otherName) {
   );
 }
 
+/** Waits until `page` has sent audio packets and encoded video frames. */
+async function sendingAudioAndVideo(page) {
+  await waitFor(
+    () =>
+      page.evaluate(async () => {
+        const stats = await window.consilium.pc?.getStats();
+        const sent = { audio: 0, video: 0 };
+        stats?.forEach((r) => {
+          if (r.type === 'outbound-rtp') sent[r.kind] += r.packetsSent ?? 0;
+        });
+        return sent.audio > 0 && sent.video > 0;
+      }),
+    { timeout: 20_000, message: 'audio and video to be sent' },
+  );
+}
+
 /** Signaling `join` messages the page sent (on sockets that opened). */
 const joinsSent = (page) => page.wsSent.filter((m) => m.type === 'join');
 
@@ -143,9 +161,11 @@ test('a deep link joins with the head script’s PeerConnection; a reconnect mak
         assert.equal(join.room, room);
         assert.equal(join.name, 'Bob');
         assert.equal(join.token, null);
-        // The offer session.js would make: sendonly audio, sendonly video, the data channel.
+        // The offer session.js would make: a receive slot pair, then sendonly audio,
+        // sendonly video, the data channel.
         const kinds = [...join.offer.matchAll(/^m=(\w+)/gm)].map((m) => m[1]);
-        assert.deepEqual(kinds, ['audio', 'video', 'application']);
+        assert.deepEqual(kinds, ['audio', 'video', 'audio', 'video', 'application']);
+        assert.equal(join.offer.match(/^a=recvonly/gm)?.length, 2, 'two receive slots');
         assert.equal(join.offer.match(/^a=sendonly/gm)?.length, 2, 'two sendonly sections');
         // Truthful timings: the answer came after the join left; the socket opened alongside.
         const { ws_open, join_sent, joined } = p.timings;
@@ -155,7 +175,7 @@ test('a deep link joins with the head script’s PeerConnection; a reconnect mak
         assert.deepEqual(
           await bob.evaluate(() => {
             const { audio, video } = window.consilium.session._sendTransceivers;
-            const first = window.__pcs[0].getTransceivers();
+            const first = window.__pcs[0].getTransceivers().filter((t) => t.direction === 'sendonly');
             return [audio === first[0], video === first[1], audio.sender.track?.kind, video.sender.track?.kind];
           }),
           [true, true, 'audio', 'video'],
@@ -233,7 +253,8 @@ for (const [fault, expected] of [
 
 test('the socket’s messages wait for a slow reply to the POST', { timeout: 60_000 }, async () => {
   // The renegotiation offer that brings Alice's tracks is on Bob's socket before the answer
-  // to his join (held 700 ms here) is: the page must still apply the answer first.
+  // to his join (held 700 ms here) is: the page must still apply the answer first. Bob offers
+  // no receive slots, so that Alice's tracks come by that offer and not in the answer.
   const room = uniqueRoom('slowpost');
   const alice = await openPage(browser, callUrl(server.url, { room, name: 'Alice' }));
   const slowJoin = async (route) => {
@@ -243,6 +264,7 @@ test('the socket’s messages wait for a slow reply to the POST', { timeout: 60_
   };
   const bob = await openPage(browser, callUrl(server.url, { room, name: 'Bob' }), {
     init: instrument,
+    initArg: { receiveSlots: 0 },
     routes: [['**/join?session=*', slowJoin]],
   });
   try {
@@ -262,6 +284,51 @@ test('the socket’s messages wait for a slow reply to the POST', { timeout: 60_
   } finally {
     await closePage(alice);
     await closePage(bob);
+  }
+});
+
+test('a later participant comes on a receive slot, not on a new m-section', { timeout: 90_000 }, async () => {
+  // Bob offers two slot pairs. Alice is in the room when he joins: her tracks are in his
+  // answer, on his first slot pair. Carol comes after: the server's offer puts her on his
+  // second pair.
+  const room = uniqueRoom('slots');
+  const alice = await openPage(browser, callUrl(server.url, { room, name: 'Alice' }));
+  let bob;
+  let carol;
+  try {
+    await alice.waitForSelector('#connection-state[data-state="connected"]', { timeout: 20_000 });
+    await sendingAudioAndVideo(alice); // the server publishes a track on its first packet
+    bob = await openPage(browser, callUrl(server.url, { room, name: 'Bob' }), {
+      init: instrument,
+      initArg: { receiveSlots: 2 },
+    });
+    await withLogs([alice, bob], async () => {
+      await expectLiveRemote(bob, 'Alice');
+      assert.equal(bob.wsReceived.filter((m) => m.type === 'offer').length, 0, 'Alice came in the answer');
+    });
+    carol = await openPage(browser, callUrl(server.url, { room, name: 'Carol' }));
+    await withLogs([alice, bob, carol], async () => {
+      await expectLiveRemote(bob, 'Carol');
+      const seen = await bob.evaluate(() => {
+        const pc = window.consilium.pc;
+        const streams = window.consilium.session.remoteStreams;
+        const owner = (t) => [...streams].find(([, s]) => s.getTracks().includes(t.receiver.track))?.[0] ?? null;
+        return {
+          transceivers: pc.getTransceivers().length,
+          owners: pc.getTransceivers().slice(0, 4).map(owner),
+          participants: Object.fromEntries([...window.consilium.participants].map(([id, p]) => [p.name, id])),
+        };
+      });
+      assert.equal(seen.transceivers, 6, 'two slot pairs and our own two: nothing added');
+      const { Alice: a, Carol: c } = seen.participants;
+      assert.deepEqual(seen.owners, [a, a, c, c], JSON.stringify(seen));
+      assert.ok(bob.wsReceived.some((m) => m.type === 'offer'), 'Carol came by an offer');
+      assert.deepEqual(bob.pageErrors, []);
+    });
+  } finally {
+    await closePage(alice);
+    if (bob) await closePage(bob);
+    if (carol) await closePage(carol);
   }
 });
 

@@ -1,7 +1,9 @@
 // Session: one participant's call. Owns the signaling socket, the single RTCPeerConnection
-// (own audio/video as sendonly transceivers, everyone else's forwarded tracks added by the
-// server through renegotiation, and the negotiated "consilium" data channel), the list of
-// other participants and, per participant, a MediaStream of their live remote tracks.
+// (RECEIVE_SLOTS pairs of recvonly transceivers that the server's answer fills with the
+// room's tracks, own audio/video as sendonly transceivers, everyone else's further tracks
+// added by the server through renegotiation, and the negotiated "consilium" data channel),
+// the list of other participants and, per participant, a MediaStream of their live remote
+// tracks.
 //
 // Protocol: docs/protocol.md. The client makes exactly one offer (inside `join`); after
 // `joined` it only answers the server's offers. For a deep link, index.html's head script
@@ -25,6 +27,20 @@ const PING_INTERVAL_MS = 15_000;
 const SILENCE_LIMIT_MS = 75_000;
 const FIRST_AUDIO_POLL_MS = 100;
 const FIRST_AUDIO_POLL_LIMIT_MS = 60_000;
+/**
+ * Receive-only audio and video m-section pairs of the join's offer (docs/protocol.md,
+ * "Receive slots"): the server answers with the first participants' tracks on them, so
+ * their media needs no renegotiation, and later participants take the slots left over.
+ * One pair: the first remote video is what the connect time waits for, and each pair costs
+ * every join (about 5 KB of offer, and 10–20 ms of Chromium's and the server's SDP work on
+ * the benchmark host: 3 pairs made the join slower than the renegotiation they saved,
+ * docs/benchmarks.md, session 12). Keep in step with RECEIVE_SLOTS in index.html's head
+ * script; window.__consiliumReceiveSlots, set before the page loads, overrides both (tests
+ * and benchmarks).
+ */
+const RECEIVE_SLOTS = 1;
+const receiveSlots = () =>
+  typeof globalThis.__consiliumReceiveSlots === 'number' ? globalThis.__consiliumReceiveSlots : RECEIVE_SLOTS;
 /** `client_timings` goes out at the first remote video frame, or this long after start. */
 const CLIENT_TIMINGS_DEADLINE_MS = 10_000;
 
@@ -208,6 +224,9 @@ export class Session extends Emitter {
       mark('pc_connected', call.connectedAt);
       this._onPcState(gen, 'connected');
     }
+    // The others' tracks the answer put on our receive slots, and their first sound.
+    for (const ev of call.tracks?.splice(0) ?? []) this._onTrack(ev);
+    if (call.firstAudioAt != null) mark('first_remote_audio', call.firstAudioAt);
     for (const data of call.dcMessages?.splice(0) ?? []) this._onDataMessage(data);
     if (call.dc.readyState === 'open') queueMicrotask(() => gen === this._gen && this.emit('data-open', call.dc));
   }
@@ -241,11 +260,22 @@ export class Session extends Emitter {
   async _createPeerConnection(gen) {
     // Keep in step with the head script of index.html, which builds the same for a deep link.
     const pc = new RTCPeerConnection();
-    // Always one sendonly audio and one sendonly video transceiver (the server publishes a
+    // Receive slots first (see RECEIVE_SLOTS), then always one sendonly audio and one sendonly video transceiver (the server publishes a
     // track on its first RTP packet, so one that never gets a track stays invisible).
     this._sendStream ??= new MediaStream();
     const stream = this.localStream; // null until getUserMedia resolves
     this._sendTransceivers = {};
+    const slotCodecs = { audio: sendCodecs('audio'), video: sendCodecs('video') };
+    for (let i = 0; i < receiveSlots(); i++) {
+      for (const kind of ['audio', 'video']) {
+        const slot = pc.addTransceiver(kind, { direction: 'recvonly' });
+        try {
+          if (slotCodecs[kind]) slot.setCodecPreferences(slotCodecs[kind]);
+        } catch {
+          /* offered with the receive codecs */
+        }
+      }
+    }
     for (const kind of ['audio', 'video']) {
       const track = stream?.getTracks().find((t) => t.kind === kind) ?? null;
       this._sendTransceivers[kind] = pc.addTransceiver(track ?? kind, {
@@ -811,6 +841,24 @@ export class Session extends Emitter {
       }
     }, FIRST_AUDIO_POLL_MS);
   }
+}
+
+/**
+ * The codecs a receive slot offers: those we could also send. Left alone, a slot offers the
+ * receive codecs (Chromium's include decode-only ones such as VP9 profile 1); m-sections of
+ * one kind offering different codec lists make the server's WebRTC stack answer our own
+ * video m-section with a payload type listed twice, which the browser refuses. The
+ * forwarded tracks are in a codec someone sends, so nothing is lost. Keep in step with
+ * sendCodecs in index.html's head script.
+ */
+export function sendCodecs(kind) {
+  const send = globalThis.RTCRtpSender?.getCapabilities?.(kind)?.codecs;
+  const recv = globalThis.RTCRtpReceiver?.getCapabilities?.(kind)?.codecs;
+  if (!send || !recv) return null;
+  const key = (c) => [c.mimeType.toLowerCase(), c.clockRate, c.channels ?? '', c.sdpFmtpLine ?? ''].join(' ');
+  const sendable = new Set(send.map(key));
+  const list = recv.filter((c) => sendable.has(key(c)));
+  return list.length ? list : null;
 }
 
 function iceToConnectionState(ice) {

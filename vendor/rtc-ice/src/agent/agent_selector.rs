@@ -556,8 +556,16 @@ impl ControlledSelector for Agent {
                     // previously sent by this pair produced a successful response and
                     // generated a valid pair (Section 7.2.5.3.2).  The agent sets the
                     // nominated flag value of the valid pair to true.
-                    if self.get_selected_pair().is_none() {
+                    // Consilium patch (rtc-ice change 3): a pair selected before any
+                    // nomination gives way to the nominated one.
+                    let selected = self.get_selected_pair();
+                    if selected.is_none()
+                        || (self.selected_before_nomination && selected != Some(pair_index))
+                    {
                         self.set_selected_pair(Some(now), Some(pair_index));
+                    }
+                    if self.get_selected_pair() == Some(pair_index) {
+                        self.selected_before_nomination = false;
                     }
                     self.send_binding_success(now, m, local_index, remote_index);
                 } else {
@@ -573,6 +581,20 @@ impl ControlledSelector for Agent {
                 }
             } else {
                 self.send_binding_success(now, m, local_index, remote_index);
+                // Consilium patch (vendor/README.md, rtc-ice change 3): a lite agent with no
+                // pair yet selects this one on the controlling agent's first authenticated
+                // check, without waiting for its nomination. The check proves the path works
+                // both ways as far as a lite agent can know (it makes no checks of its own),
+                // and a browser starts DTLS on its first successful check but nominates only
+                // on a later one, at its own pace: ≈ 50 ms later on loopback, and seconds
+                // later when its first check was repeated before our answer came (its ping
+                // interval grows once the pair looks stable). DTLS now starts at once. A
+                // later nomination of another pair still wins (above).
+                if self.lite && self.get_selected_pair().is_none() {
+                    self.candidate_pairs[pair_index].state = CandidatePairState::Succeeded;
+                    self.set_selected_pair(Some(now), Some(pair_index));
+                    self.selected_before_nomination = true;
+                }
                 self.ping_candidate(now, local_index, remote_index);
             }
         }

@@ -151,6 +151,10 @@ pub struct Agent {
     pub(crate) candidate_pairs: Vec<CandidatePair>,
     pub(crate) nominated_pair: Option<usize>,
     pub(crate) selected_pair: Option<usize>,
+    /// Consilium patch (vendor/README.md, rtc-ice change 3): a lite agent selected
+    /// `selected_pair` on a check that did not nominate it, and gives way to the pair the
+    /// controlling agent nominates.
+    pub(crate) selected_before_nomination: bool,
 
     // LRU of outbound Binding request Transaction IDs
     pub(crate) pending_binding_requests: Vec<BindingRequest>,
@@ -267,6 +271,7 @@ impl Agent {
             start_time: now,
 
             nominated_pair: None,
+            selected_before_nomination: false,
             selected_pair: None,
             candidate_pairs: vec![],
 
@@ -1012,6 +1017,7 @@ impl Agent {
         self.candidate_pairs.clear();
         self.selected_pair = None;
         self.nominated_pair = None;
+        self.selected_before_nomination = false;
     }
 
     pub(crate) fn find_remote_candidate(&self, addr: SocketAddr) -> Option<usize> {
