@@ -24,38 +24,14 @@ fn ws_url(server: &Server) -> String {
     format!("ws://{}/ws", server.http_addr)
 }
 
+use common::wait_for_media;
+
 async fn http_get(server: &Server, path: &str) -> String {
     common::http_get(server.http_addr, path).await.1
 }
 
 fn metric(text: &str, series: &str) -> f64 {
     common::metric(text, series).unwrap_or(0.0)
-}
-
-async fn wait_for_media(p: &mut Participant, from: &str) {
-    let received = p.stats().received;
-    let mut missing: Vec<Kind> = [Kind::Audio, Kind::Video]
-        .into_iter()
-        .filter(|k| !received.contains_key(&(from.to_owned(), *k)))
-        .collect();
-    if missing.is_empty() {
-        return;
-    }
-    let found = p
-        .wait_for(WAIT, |e| {
-            if let Event::FirstRemoteRtp { publisher, kind } = e
-                && publisher == from
-            {
-                missing.retain(|k| k != kind);
-            }
-            missing.is_empty()
-        })
-        .await;
-    assert!(
-        found.is_some(),
-        "no audio+video from {from} within {WAIT:?}; stats: {:?}",
-        p.stats().received.keys().collect::<Vec<_>>()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,11 +5,9 @@
 
 mod common;
 
+use common::wait_for_media;
 use consilium::{Config, Server};
-use loadtest::{Event, Kind, Participant, ParticipantConfig};
-use std::time::Duration;
-
-const WAIT: Duration = Duration::from_secs(15);
+use loadtest::{Participant, ParticipantConfig};
 
 async fn server() -> Server {
     let _ = tracing_subscriber::fmt()
@@ -63,30 +61,6 @@ fn sections(sdp: &str) -> Vec<Section> {
             }
         })
         .collect()
-}
-
-async fn wait_for_media(p: &mut Participant, from: &str) {
-    let mut missing: Vec<Kind> = [Kind::Audio, Kind::Video]
-        .into_iter()
-        .filter(|k| !p.stats().received.contains_key(&(from.to_owned(), *k)))
-        .collect();
-    if missing.is_empty() {
-        return;
-    }
-    let found = p
-        .wait_for(WAIT, |e| {
-            if let Event::FirstRemoteRtp { publisher, kind } = e
-                && publisher == from
-            {
-                missing.retain(|k| k != kind);
-            }
-            missing.is_empty()
-        })
-        .await;
-    assert!(
-        found.is_some(),
-        "no audio+video from {from} within {WAIT:?}"
-    );
 }
 
 /// Two participants who publish to each other (so both have published tracks).

@@ -320,3 +320,34 @@ pub async fn wait_for(ws: &mut Ws, kind: &str) -> Value {
         }
     }
 }
+
+/// How long a synthetic participant may take to receive someone's media.
+pub const MEDIA_WAIT: Duration = Duration::from_secs(15);
+
+/// Waits until `p` has received audio and video from participant `from`.
+pub async fn wait_for_media(p: &mut loadtest::Participant, from: &str) {
+    use loadtest::{Event, Kind};
+    let received = p.stats().received;
+    let mut missing: Vec<Kind> = [Kind::Audio, Kind::Video]
+        .into_iter()
+        .filter(|k| !received.contains_key(&(from.to_owned(), *k)))
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let found = p
+        .wait_for(MEDIA_WAIT, |e| {
+            if let Event::FirstRemoteRtp { publisher, kind } = e
+                && publisher == from
+            {
+                missing.retain(|k| k != kind);
+            }
+            missing.is_empty()
+        })
+        .await;
+    assert!(
+        found.is_some(),
+        "no audio+video from {from} within {MEDIA_WAIT:?}; stats: {:?}",
+        p.stats().received.keys().collect::<Vec<_>>()
+    );
+}
