@@ -6,22 +6,7 @@
 mod common;
 
 use common::wait_for_media;
-use consilium::{Config, Server};
 use loadtest::{Participant, ParticipantConfig};
-
-async fn server() -> Server {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    consilium::start(Config::for_tests())
-        .await
-        .expect("server starts")
-}
-
-fn ws_url(server: &Server) -> String {
-    format!("ws://{}/ws", server.http_addr)
-}
 
 fn with_slots(url: &str, room: &str, name: &str, slots: usize) -> ParticipantConfig {
     ParticipantConfig {
@@ -78,8 +63,8 @@ async fn publishing_pair(url: &str, room: &str) -> (Participant, Participant) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_answer_carries_the_rooms_tracks_on_the_slots_and_needs_no_renegotiation() {
-    let server = server().await;
-    let url = ws_url(&server);
+    let server = common::start_open().await;
+    let url = format!("ws://{}/ws", server.http_addr);
     let (a, b) = publishing_pair(&url, "slots-1").await;
     let mut joiner = Participant::join(with_slots(&url, "slots-1", "Joiner", 2))
         .await
@@ -113,13 +98,13 @@ async fn the_answer_carries_the_rooms_tracks_on_the_slots_and_needs_no_renegotia
         0,
         "everything came in the answer"
     );
-    server.shutdown().await;
+    common::stop(server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracks_beyond_the_slots_come_by_renegotiation() {
-    let server = server().await;
-    let url = ws_url(&server);
+    let server = common::start_open().await;
+    let url = format!("ws://{}/ws", server.http_addr);
     let (a, b) = publishing_pair(&url, "slots-2").await;
     let mut joiner = Participant::join(with_slots(&url, "slots-2", "Joiner", 1))
         .await
@@ -143,13 +128,13 @@ async fn tracks_beyond_the_slots_come_by_renegotiation() {
             .iter()
             .all(|s| s.direction == "sendonly" && s.stream.as_deref() == Some(&b.id))
     );
-    server.shutdown().await;
+    common::stop(server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn later_participants_take_the_free_slots_before_new_m_sections() {
-    let server = server().await;
-    let url = ws_url(&server);
+    let server = common::start_open().await;
+    let url = format!("ws://{}/ws", server.http_addr);
     let mut joiner = Participant::join(with_slots(&url, "slots-3", "Early", 2))
         .await
         .expect("joiner joins an empty room");
@@ -204,5 +189,5 @@ async fn later_participants_take_the_free_slots_before_new_m_sections() {
     // And the others still receive our media: our own sections kept carrying it.
     let mut first = later.remove(0);
     wait_for_media(&mut first, &joiner.id).await;
-    server.shutdown().await;
+    common::stop(server).await;
 }
