@@ -6,6 +6,12 @@ import { Controls } from './call/controls.js';
 import { ConnectionIndicator } from './call/indicator.js';
 import { timings } from './call/timings.js';
 
+// A deep link's early call (index.html's head script) is under way: this module's start
+// (the session adopting it, the tiles, the controls: ~100-150 ms of main thread on a
+// 2-core machine) waits until its first remote frame is on screen, or for as long as the
+// head script says (appStart), so that it does not hold up that frame.
+await globalThis.__consiliumEarlySocket?.call?.appStart;
+
 /**
  * The shared viewer's modules, loaded once and only after the call has started: nothing of
  * them is needed for the first remote frame, and evaluating them first cost ~80 ms of every

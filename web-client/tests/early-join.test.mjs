@@ -242,6 +242,11 @@ for (const [fault, expected] of [
         assert.equal(p.joins[0].modulesRan, true, 'sent by session.js');
         assert.equal(joinsSent(bob).length, 1);
         assert.equal(typeof p.timings.join_sent, 'number');
+        // The early tiles went with the early call: Alice plays in a tile of the session's own.
+        const tiles = await bob.evaluate(() =>
+          [...document.querySelectorAll('#tiles > figure')].map((el) => [el.dataset.early ?? null, el.querySelector('.tile-name')?.textContent]),
+        );
+        assert.deepEqual(tiles, [[null, 'Alice']]);
         assert.deepEqual(bob.pageErrors, []);
       });
     } finally {
@@ -322,6 +327,34 @@ test('a later participant comes on a receive slot, not on a new m-section', { ti
       assert.equal(seen.transceivers, 6, 'two slot pairs and our own two: nothing added');
       const { Alice: a, Carol: c } = seen.participants;
       assert.deepEqual(seen.owners, [a, a, c, c], JSON.stringify(seen));
+      // Each plays in the head script's early tile of its slot pair (the one that showed the
+      // first frame before the modules had loaded), now a plain tile with sound on.
+      const tiles = await bob.evaluate(() =>
+        [...document.querySelectorAll('#tiles > figure')].map((el) => {
+          const v = el.querySelector('video');
+          return {
+            early: el.dataset.early ?? null,
+            stillEarly: el.classList.contains('tile-early'),
+            hidden: el.hidden,
+            name: el.querySelector('.tile-name')?.textContent ?? null,
+            muted: v.muted,
+            tracks: v.srcObject?.getTracks().map((t) => t.kind).sort() ?? [],
+            frames: v.getVideoPlaybackQuality().totalVideoFrames,
+          };
+        }),
+      );
+      assert.deepEqual(
+        tiles.map(({ frames, ...t }) => t),
+        [
+          { early: '0', stillEarly: false, hidden: false, name: 'Alice', muted: false, tracks: ['audio', 'video'] },
+          { early: '1', stillEarly: false, hidden: false, name: 'Carol', muted: false, tracks: ['audio', 'video'] },
+        ],
+        JSON.stringify(tiles),
+      );
+      assert.ok(tiles.every((t) => t.frames > 0), JSON.stringify(tiles));
+      assert.equal(await bob.evaluate(() => document.querySelector('#tiles').dataset.count), '2');
+      const { timings } = await probe(bob);
+      assert.ok(timings.first_remote_video_frame > timings.join_sent, JSON.stringify(timings));
       assert.ok(bob.wsReceived.some((m) => m.type === 'offer'), 'Carol came by an offer');
       assert.deepEqual(bob.pageErrors, []);
     });

@@ -227,6 +227,10 @@ export class Session extends Emitter {
     // The others' tracks the answer put on our receive slots, and their first sound.
     for (const ev of call.tracks?.splice(0) ?? []) this._onTrack(ev);
     if (call.firstAudioAt != null) mark('first_remote_audio', call.firstAudioAt);
+    // The first frame an early tile (index.html) presented, now or when it comes.
+    const firstFrame = (t) => mark('first_remote_video_frame', t);
+    if (call.firstFrameAt != null) firstFrame(call.firstFrameAt);
+    else call.onFirstFrame = firstFrame;
     for (const data of call.dcMessages?.splice(0) ?? []) this._onDataMessage(data);
     if (call.dc.readyState === 'open') queueMicrotask(() => gen === this._gen && this.emit('data-open', call.dc));
   }
@@ -244,6 +248,7 @@ export class Session extends Emitter {
       sentAt = await call.sent;
     } catch (err) {
       console.warn('[consilium] the early join failed, joining without it', err);
+      for (const tile of call.slotTiles ?? []) tile.el.remove();
       if (this.pc === call.pc) {
         this._closePeerConnection();
         this.earlyJoin = false;

@@ -71,6 +71,10 @@ function takeEarlySocket(url) {
 function discardEarly(early) {
   early.detach?.();
   early.call?.detach?.();
+  for (const tile of early.call?.slotTiles ?? []) {
+    tile.video.srcObject = null;
+    tile.el.remove();
+  }
   try {
     early.call?.pc.close();
   } catch {

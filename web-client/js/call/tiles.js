@@ -27,6 +27,22 @@ function trackKey(track) {
   return trackKeys.get(track);
 }
 
+/** The tracks of a stream, as one comparable string. */
+function signatureOf(stream) {
+  return (stream?.getTracks() ?? [])
+    .map(trackKey)
+    .sort((x, y) => x - y)
+    .join(',');
+}
+
+const TILE_AVATAR_HTML = '<div class="tile-avatar" aria-hidden="true"><span></span></div>';
+const TILE_LABEL_HTML = `<figcaption class="tile-label">
+  <span class="tile-name"></span>
+  <span class="tile-role"></span>
+  <span class="tile-icon tile-mic-off" role="img" aria-label="Microphone muted" title="Microphone muted">${ICON_MIC_OFF}</span>
+  <span class="tile-icon tile-cam-off" role="img" aria-label="Camera off" title="Camera off">${ICON_CAM_OFF}</span>
+</figcaption>`;
+
 const ROLE_LABELS = { host: 'Host', presenter: 'Presenter', observer: 'Observer' };
 
 /** Calls play(); if autoplay with sound is refused, plays muted and reports it. */
@@ -78,7 +94,8 @@ export class TileGrid extends Emitter {
       session.on('participants', () => this._schedule()),
       session.on('remote-media', () => this._schedule()),
     ];
-    this.container.replaceChildren();
+    // The head script's early tiles stay where they are (moving a playing video pauses it).
+    for (const el of [...this.container.children]) if (!el.classList.contains('tile-early')) el.remove();
     this.sync();
   }
 
@@ -86,6 +103,37 @@ export class TileGrid extends Emitter {
     for (const off of this._offs) off();
     clearTimeout(this._timer);
     for (const id of [...this.tiles.keys()]) this._remove(id);
+    for (const el of this._earlyTiles()) {
+      el.querySelector('video').srcObject = null;
+      el.remove();
+    }
+  }
+
+  /**
+   * The early tiles (index.html's head script) not yet adopted: each plays one receive slot
+   * pair of the early PeerConnection, hidden until the answer put a video track on it.
+   */
+  _earlyTiles() {
+    return [...this.container.querySelectorAll(':scope > .tile-early')];
+  }
+
+  /**
+   * An early tile playing one of `stream`'s tracks, made a plain tile; or null. (A track
+   * that came by renegotiation may be seen before its pair's other one: its tile is
+   * adopted all the same, and gets the stream as its srcObject below.)
+   */
+  _adoptEarlyTile(stream) {
+    const tracks = stream.getTracks();
+    for (const el of this._earlyTiles()) {
+      const video = el.querySelector('video');
+      if (!video?.srcObject?.getTracks().some((t) => tracks.includes(t))) continue;
+      el.classList.remove('tile-early');
+      el.hidden = false;
+      el.querySelector('.tile-media').insertAdjacentHTML('beforeend', TILE_AVATAR_HTML);
+      el.insertAdjacentHTML('beforeend', TILE_LABEL_HTML);
+      return { el, video };
+    }
+    return null;
   }
 
   /** After autoplay with sound was refused: called from a user gesture. */
@@ -115,32 +163,36 @@ export class TileGrid extends Emitter {
       this._upsert(id, p, stream);
     }
     for (const id of [...this.tiles.keys()]) if (!keep.has(id)) this._remove(id);
-    this.container.dataset.count = String(this.tiles.size);
-    this.emit('count', this.tiles.size);
+    // An early tile nobody adopted counts while it shows something (its answer gave it a
+    // track that is not over).
+    let early = 0;
+    for (const el of this._earlyTiles()) {
+      if (!el.querySelector('video').srcObject?.getVideoTracks().some((t) => t.readyState === 'live')) el.hidden = true;
+      if (!el.hidden) early++;
+    }
+    const count = this.tiles.size + early;
+    this.container.dataset.count = String(count);
+    this.emit('count', count);
   }
 
   _upsert(id, p, stream) {
     let tile = this.tiles.get(id);
     if (!tile) {
-      const el = document.createElement('figure');
-      el.className = 'tile';
-      el.dataset.participantId = id;
-      el.innerHTML = `
-        <div class="tile-media">
-          <video autoplay playsinline></video>
-          <div class="tile-avatar" aria-hidden="true"><span></span></div>
-        </div>
-        <figcaption class="tile-label">
-          <span class="tile-name"></span>
-          <span class="tile-role"></span>
-          <span class="tile-icon tile-mic-off" role="img" aria-label="Microphone muted" title="Microphone muted">${ICON_MIC_OFF}</span>
-          <span class="tile-icon tile-cam-off" role="img" aria-label="Camera off" title="Camera off">${ICON_CAM_OFF}</span>
-        </figcaption>`;
-      const video = el.querySelector('video');
-      video.dataset.participantId = id;
-      tile = { el, video, stream: null, signature: '' };
+      const early = this._adoptEarlyTile(stream);
+      if (early) {
+        // Already playing these tracks (its own MediaStream of them): no new srcObject, so
+        // the picture on screen goes on; only the sound is turned on below.
+        tile = { ...early, stream, signature: signatureOf(early.video.srcObject), adopted: true };
+      } else {
+        const el = document.createElement('figure');
+        el.className = 'tile';
+        el.innerHTML = `<div class="tile-media"><video autoplay playsinline></video>${TILE_AVATAR_HTML}</div>${TILE_LABEL_HTML}`;
+        tile = { el, video: el.querySelector('video'), stream: null, signature: '' };
+        this.container.append(el);
+      }
+      tile.el.dataset.participantId = id;
+      tile.video.dataset.participantId = id;
       this.tiles.set(id, tile);
-      this.container.append(el);
     }
     const { el, video } = tile;
     const name = p.name || 'Participant';
@@ -156,16 +208,14 @@ export class TileGrid extends Emitter {
 
     // Re-assign srcObject whenever the set of tracks changed: every browser then picks
     // up added/removed tracks (in-place addTrack on a playing stream is not reliable).
-    const signature = stream
-      .getTracks()
-      .map(trackKey)
-      .sort((x, y) => x - y)
-      .join(',');
-    if (tile.stream !== stream || tile.signature !== signature) {
+    const signature = signatureOf(stream);
+    const adopted = tile.adopted;
+    tile.adopted = false;
+    if (adopted || tile.stream !== stream || tile.signature !== signature) {
+      if (tile.stream !== stream || tile.signature !== signature) video.srcObject = stream;
       tile.stream = stream;
       tile.signature = signature;
-      video.srcObject = stream;
-      if (this.soundBlocked) video.muted = true;
+      video.muted = this.soundBlocked;
       watchFirstFrame(video);
       safePlay(video, () => {
         if (!this.soundBlocked) {
