@@ -23,6 +23,23 @@ export const CHROMIUM_ARGS = [
   '--no-first-run',
   '--autoplay-policy=no-user-gesture-required',
   '--disable-quic',
+  // Chromium's headless mode opens a window per browser context, and each window preloads
+  // its omnibox popup (a WebUI renderer): ~1.5 s of CPU during every join of the connect
+  // benchmark on a 2-core machine (docs/benchmarks.md), which a real browser spends once per
+  // window, not on each page. The flag replaces Playwright's own --disable-features, so
+  // its list (Playwright 1.5x) comes first.
+  ...(process.env.CONSILIUM_TOP_CHROME_WEBUI === '1'
+    ? []
+    : [
+        '--disable-features=' +
+          [
+            'AvoidUnnecessaryBeforeUnloadCheckSync', 'DestroyProfileOnBrowserClose', 'HttpsUpgrades',
+            'HttpsFirstBalancedModeAutoEnable', 'LensOverlay', 'MediaRouter', 'PaintHolding',
+            'ThirdPartyStoragePartitioning', 'AvoidCorsURLLoaderRestartOnRedirect', 'TcpPortRandomizationWin',
+            'OptimizationHints', 'NetworkTimeServiceQuerying', 'AimEnabled', 'PreconnectToSearch',
+            'PreloadTopChromeWebUI', 'WebUIOmniboxPopup', 'WebUIOmniboxAimPopup',
+          ].join(','),
+      ]),
 ];
 
 /** A TCP port that was free a moment ago on 127.0.0.1. */
