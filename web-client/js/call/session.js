@@ -248,7 +248,7 @@ export class Session extends Emitter {
       sentAt = await call.sent;
     } catch (err) {
       console.warn('[consilium] the early join failed, joining without it', err);
-      for (const tile of call.slotTiles ?? []) tile.el.remove();
+      call.dropTiles?.();
       if (this.pc === call.pc) {
         this._closePeerConnection();
         this.earlyJoin = false;
@@ -265,8 +265,9 @@ export class Session extends Emitter {
   async _createPeerConnection(gen) {
     // Keep in step with the head script of index.html, which builds the same for a deep link.
     const pc = new RTCPeerConnection();
-    // Receive slots first (see RECEIVE_SLOTS), then always one sendonly audio and one sendonly video transceiver (the server publishes a
-    // track on its first RTP packet, so one that never gets a track stays invisible).
+    // Receive slots first (see RECEIVE_SLOTS), then always one sendonly audio and one
+    // sendonly video transceiver (the server publishes a track on its first RTP packet, so
+    // one that never gets a track stays invisible).
     this._sendStream ??= new MediaStream();
     const stream = this.localStream; // null until getUserMedia resolves
     this._sendTransceivers = {};

@@ -71,10 +71,7 @@ function takeEarlySocket(url) {
 function discardEarly(early) {
   early.detach?.();
   early.call?.detach?.();
-  for (const tile of early.call?.slotTiles ?? []) {
-    tile.video.srcObject = null;
-    tile.el.remove();
-  }
+  early.call?.dropTiles?.();
   try {
     early.call?.pc.close();
   } catch {
